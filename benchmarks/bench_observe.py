@@ -1,0 +1,336 @@
+"""What observability costs per agent call, in CPU time.
+
+One agent call with one tool round is eight events (agent.start, model.request,
+model.response, tool.call, tool.result, model.request, model.response, agent.end).
+This emits that sequence N times through an ``EventStream`` the way the runtime does
+(events are only built when the stream has a listener) and reports process CPU
+microseconds per agent call: with no sinks, with each sink alone, and with all on.
+
+"All on" is what a production user runs: ``JSONLSink(path)`` (metadata capture),
+``OTelSink`` on the provider ``configure_tracing("otlp", endpoint=...)`` builds (what
+``baton run --trace otlp`` uses: a ``BatchSpanProcessor`` and the OTLP/HTTP exporter,
+which encodes every span to protobuf and POSTs each batch) and ``MetricsSink()``. The
+OTLP endpoint is a small collector in a child process (like the fake API, so its CPU
+is not counted); it parses what it receives, and the benchmark checks that every span
+arrived (none dropped by a full queue, which would hide their cost). Process CPU time
+counts the batch thread too; sinks are closed, and so flushed, before the clock stops.
+
+Then the full agent call (issue 7): the same complete ``ctx.call`` of a one-turn agent as
+bench_agent_call.py (real sockets to the fake API in another process, 1,000 in flight),
+with no sinks vs all sinks on, alternating runs; the extra CPU is the share of the call
+that observability costs (target <= 20 %). ``--breakdown`` adds each sink alone and
+OpenTelemetry through the stock OTLP exporter (its protobuf-object encoder) for
+comparison.
+
+    .venv/bin/python benchmarks/bench_observe.py [--n 10000] [--capture metadata] [--content]
+    .venv/bin/python benchmarks/bench_observe.py --calls 5000 --rounds 5      # the full-call part, bigger
+    .venv/bin/python benchmarks/bench_observe.py --skip-events --breakdown     # only the full-call part, per sink
+
+``AllSinks(tmpdir, collector_url).build()`` builds that set; the full agent-call benchmark reuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from baton.observe import EventStream, JSONLSink, MetricsSink, OTelSink, Sink, configure_tracing
+from baton.observe.events import Event, new_id
+from baton.observe.redact import Capture
+
+MODEL = "claude-sonnet-4-6"
+TARGET_EXTRA = 0.20
+# The benchmark emits far faster than a real run; a full queue (default 2,048) would drop
+# spans and hide their export cost. The collector's span count checks that none were dropped.
+os.environ.setdefault("OTEL_BSP_MAX_QUEUE_SIZE", str(1 << 20))
+
+
+class NoExport(SpanExporter):
+    """Takes each batch and does nothing with it: what the sink and the SDK cost on their own."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+class Collector:
+    """An OTLP/HTTP trace endpoint in a child process; counts the spans it parses."""
+
+    def __enter__(self) -> Collector:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--collector"], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.__exit__(None, None, None)
+            raise RuntimeError("OTLP collector did not start")
+        self.url = line.split()[1]
+        return self
+
+    def spans(self) -> int:
+        with urllib.request.urlopen(self.url + "/count", timeout=10) as response:
+            return int(orjson.loads(response.read())["spans"])
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def serve_collector() -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    counts = {"spans": 0, "requests": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a real collector
+
+        def do_POST(self) -> None:  # noqa: N802
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(self.rfile.read(int(self.headers["Content-Length"])))
+            counts["requests"] += 1
+            counts["spans"] += sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+            self._answer(b"", "application/x-protobuf")
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer(orjson.dumps(counts), "application/json")
+
+        def _answer(self, body: bytes, content_type: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print(f"READY http://127.0.0.1:{server.server_port}", flush=True)
+    server.serve_forever()
+
+
+class AllSinks:
+    """Builds sink sets against one collector; shuts the previous set's tracer provider down
+    on the next build (outside the timed part) so that batch threads do not pile up."""
+
+    def __init__(self, tmpdir: str | Path, collector_url: str, capture: Capture = "metadata") -> None:
+        self.tmpdir = Path(tmpdir)
+        self.url = collector_url
+        self.capture = capture
+        self.providers: list[TracerProvider] = []
+
+    def _provider(self, exporter: str) -> TracerProvider:
+        for old in self.providers:
+            old.shutdown()
+        self.providers.clear()
+        if exporter == "otlp":  # baton's default: configure_tracing("otlp")
+            provider = configure_tracing("otlp", endpoint=self.url)
+            assert provider is not None
+        else:
+            provider = TracerProvider()
+            if exporter == "stock-otlp":
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+                provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.url + "/v1/traces")))
+            else:
+                provider.add_span_processor(BatchSpanProcessor(NoExport()))
+        self.providers.append(provider)
+        return provider
+
+    def jsonl(self) -> list[Sink]:
+        return [JSONLSink(self.tmpdir / "events.jsonl", capture=self.capture)]
+
+    def otel(self, exporter: str = "otlp") -> list[Sink]:
+        return [OTelSink(self._provider(exporter), capture=self.capture)]
+
+    def prometheus(self) -> list[Sink]:
+        return [MetricsSink()]
+
+    def build(self) -> list[Sink]:
+        """JSONL + OpenTelemetry (batched, OTLP over HTTP) + Prometheus: everything a user would turn on."""
+        return [*self.jsonl(), *self.otel(), *self.prometheus()]
+
+    def close(self) -> None:
+        for provider in self.providers:
+            provider.shutdown()
+        self.providers.clear()
+
+
+def _usage(i: int, o: int, r: int = 0, w: int = 0) -> dict[str, int]:
+    return {"input_tokens": i, "output_tokens": o, "cache_read_input_tokens": r, "cache_creation_input_tokens": w}
+
+
+def emit_agent_call(stream: EventStream, run_id: str, trace_id: str, run_span: str, i: int,
+                    content: bool) -> None:
+    """One agent call's events, built the way the runtime builds them."""
+    if not stream.active:
+        return
+    agent, key = "researcher", str(i)
+    a, m1, t1, m2 = new_id(), new_id(), new_id(), new_id()
+    question = "What changed in the widget market last quarter? Cite sources."
+    messages = [{"role": "user", "content": [{"type": "text", "text": question}]}]
+
+    def emit(kind: str, span: str, parent: str, data: dict[str, Any]) -> None:
+        stream.emit(Event(kind, run_id, trace_id, span, parent, data))
+
+    emit("agent.start", a, run_span, {"agent": agent, "key": key, "depth": 1,
+                                      **({"input": question} if content else {})})
+    emit("model.request", m1, a, {"agent": agent, "model": MODEL, "key": f"{key}/0", "prompt_version": "3f2a9c",
+                                  "attempt": 1, "max_tokens": 1024, **({"messages": messages} if content else {})})
+    emit("model.response", m1, a, {"agent": agent, "model": MODEL, "key": f"{key}/0", "prompt_version": "3f2a9c",
+                                   "usage": _usage(812, 64, 2048, 0), "cost_usd": 0.00402, "latency_s": 1.21,
+                                   "stop_reason": "tool_use", "request_id": f"req_{i:08d}",
+                                   **({"output": [{"type": "tool_use", "id": "toolu_1", "name": "web_search",
+                                                   "input": {"query": "widget market Q3"}}]} if content else {})})
+    emit("tool.call", t1, a, {"agent": agent, "tool": "web_search", "key": f"{key}/1.0",
+                              **({"input": {"query": "widget market Q3"}} if content else {})})
+    emit("tool.result", t1, a, {"agent": agent, "tool": "web_search", "key": f"{key}/1.0", "is_error": False,
+                                "duration_s": 0.31, **({"output": "Widget sales rose 4% ..." * 20} if content else {})})
+    emit("model.request", m2, a, {"agent": agent, "model": MODEL, "key": f"{key}/2", "prompt_version": "3f2a9c",
+                                  "attempt": 1, "max_tokens": 1024, **({"messages": messages * 3} if content else {})})
+    emit("model.response", m2, a, {"agent": agent, "model": MODEL, "key": f"{key}/2", "prompt_version": "3f2a9c",
+                                   "usage": _usage(1290, 240, 2048, 0), "cost_usd": 0.00811, "latency_s": 2.02,
+                                   "stop_reason": "end_turn", "request_id": f"req_{i:08d}b",
+                                   **({"output": [{"type": "text", "text": "Sales rose 4%."}]} if content else {})})
+    emit("agent.end", a, run_span, {"agent": agent, "key": key, "status": "ok", "duration_s": 3.6,
+                                    "usage": _usage(2102, 304, 4096, 0), "cost_usd": 0.01213,
+                                    **({"output": "Sales rose 4%."} if content else {})})
+
+
+def cpu_us_per_agent_call(sinks: list[Sink], n: int, *, content: bool = False) -> float:
+    """Emit ``n`` agent calls' events from a task on a running loop (as the runtime does) and
+    return process CPU µs per agent call, sinks closed (JSONL written, spans exported)."""
+
+    async def emit_all() -> float:
+        stream = EventStream(sinks)
+        run_id, trace_id, run_span = new_id(), new_id(16), new_id()
+        gc.collect()
+        start = time.process_time()
+        if stream.active:
+            stream.emit(Event("run.start", run_id, trace_id, run_span, None, {"workflow": "bench", "run_id": run_id}))
+        for i in range(n):
+            emit_agent_call(stream, run_id, trace_id, run_span, i, content)
+            await asyncio.sleep(0)  # the runtime awaits the model between events
+        if stream.active:
+            stream.emit(Event("run.end", run_id, trace_id, run_span, None, {"status": "succeeded"}))
+        stream.close()  # flushes the JSONL file and the span processor: their work is counted
+        return (time.process_time() - start) / n * 1e6
+
+    return asyncio.run(emit_all())
+
+
+FULL_CALL_SPANS = 2  # a one-turn agent call: invoke_agent + chat
+
+
+def full_agent_call(tmp: str, collector: Collector, capture: Capture, calls: int, concurrency: int, rounds: int,
+                    breakdown: bool) -> dict[str, float]:
+    """Median CPU ms per complete agent call per sink configuration ("no sinks" first)."""
+    from _harness import FakeServerProcess
+    from bench_agent_call import run_cpu_ms
+
+    sinks = AllSinks(tmp, collector.url, capture)
+    configs: dict[str, tuple[Callable[[], list[Sink]], bool]] = {"no sinks": (list, False)}
+    if breakdown:
+        configs["jsonl"] = (sinks.jsonl, False)
+        configs["otel, OTLP export"] = (sinks.otel, True)
+        configs["otel, stock OTLP exporter"] = (lambda: sinks.otel("stock-otlp"), True)
+        configs["prometheus"] = (sinks.prometheus, False)
+    configs[ALL_ON] = (sinks.build, True)
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    try:
+        with FakeServerProcess() as url:
+            for _ in range(rounds):  # alternate, so drift on a shared machine hits every variant alike
+                for name, (build, traced) in configs.items():
+                    before = collector.spans()
+                    samples[name].append(asyncio.run(run_cpu_ms(url, calls, concurrency, build)))
+                    if traced:  # run_cpu_ms: one warm-up run of `concurrency` calls, then the measured run
+                        expected = (concurrency + calls) * FULL_CALL_SPANS + 2
+                        got = collector.spans() - before
+                        if got != expected:
+                            raise RuntimeError(f"{name}: the collector received {got} spans, expected {expected}")
+    finally:
+        sinks.close()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+ALL_ON = "all on (JSONL+OTel+Prom)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="agent calls per configuration (events only)")
+    parser.add_argument("--capture", default="metadata", choices=["none", "metadata", "full"])
+    parser.add_argument("--content", action="store_true",
+                        help="events carry prompts/outputs (as when content capture is on)")
+    parser.add_argument("--calls", type=int, default=2000, help="complete agent calls per measured run")
+    parser.add_argument("--concurrency", type=int, default=1000, help="agent calls in flight")
+    parser.add_argument("--rounds", type=int, default=3, help="measured runs per variant (median reported)")
+    parser.add_argument("--skip-events", action="store_true", help="skip the events-only part")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="full call: also each sink alone, and OTel through the stock OTLP exporter")
+    parser.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args(argv)
+    if args.collector:
+        serve_collector()
+        return
+    capture: Capture = args.capture
+    with tempfile.TemporaryDirectory() as tmp, Collector() as collector:
+        if not args.skip_events:
+            events_only(tmp, collector, args, capture)
+        full = full_agent_call(tmp, collector, capture, args.calls, args.concurrency, args.rounds, args.breakdown)
+    off, on = full["no sinks"], full[ALL_ON]
+    extra = (on - off) / off
+    print(f"\ncomplete agent call (ctx.call, one turn, 4 events, real sockets), {args.calls} calls at "
+          f"concurrency {args.concurrency}, capture={capture}, median of {args.rounds} runs each")
+    for name, ms in full.items():
+        more = "" if name == "no sinks" else f"   (+{(ms - off) * 1000:.0f} us = +{(ms - off) / off * 100:.0f}%)"
+        print(f"  {name:<28} {ms:8.3f} ms/call{more}")
+    print(f"\nSUMMARY observe: all sinks on add {extra * 100:.1f}% CPU per agent call "
+          f"(target <= {TARGET_EXTRA * 100:.0f}%: {'OK' if extra <= TARGET_EXTRA else 'MISSED'})")
+
+
+def events_only(tmp: str, collector: Collector, args: argparse.Namespace, capture: Capture) -> None:
+    sinks = AllSinks(tmp, collector.url, capture)
+    configs: list[tuple[str, Callable[[], list[Sink]]]] = [
+        ("no sinks", list),
+        ("jsonl", sinks.jsonl),
+        ("otel, no export", lambda: sinks.otel("none")),
+        ("otel, OTLP export", sinks.otel),
+        ("otel, stock OTLP exporter", lambda: sinks.otel("stock-otlp")),
+        ("prometheus", sinks.prometheus),
+        ("all on", sinks.build),
+    ]
+    try:
+        cpu_us_per_agent_call(sinks.build(), 200, content=args.content)  # warm caches, imports, connections
+        results = {name: cpu_us_per_agent_call(build(), args.n, content=args.content) for name, build in configs}
+    finally:
+        sinks.close()
+    print(f"observability CPU cost per agent call (8 events, 4 spans), N={args.n}, capture={capture}, "
+          f"content={'yes' if args.content else 'no'}")
+    base = results["no sinks"]
+    for name, us in results.items():
+        extra = "" if name == "no sinks" else f"   (+{us - base:.1f} us, {(us - base) / 8:.1f} us/event)"
+        print(f"  {name:<28} {us:8.1f} us{extra}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The top-level entry points: ``baton.run``, ``baton.resume``, ``baton.replay``, ``baton.approve``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from baton.errors import UsageError
+from baton.runtime.budget import Limits
+from baton.runtime.engine import Engine, RunResult, Workflow, decide
+
+
+def _engine(kw: dict[str, Any]) -> Engine:
+    fields = {"store", "model", "models", "provider", "sinks", "retry", "governor", "breakers", "cache",
+              "cache_ttl_s", "durable", "sleep"}
+    unknown = sorted(set(kw) - fields)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r}; expected one of {sorted(fields)}")
+    return Engine(**kw)
+
+
+async def run(workflow: Workflow, input: Any = None, *, run_id: str | None = None, limits: Limits | None = None,
+              metadata: dict[str, Any] | None = None, **options: Any) -> RunResult:
+    """Run ``workflow(ctx, input)`` durably and return its result.
+
+    Options: ``store`` (URL or Store; default ``BATON_STORE`` or ``sqlite:///.baton/baton.db``),
+    ``model`` (one Model for every agent), ``models`` (id -> Model), ``provider``, ``sinks``,
+    ``retry``, ``governor``, ``breakers``, ``cache``, ``cache_ttl_s``.
+    """
+    return await _engine(options).run(workflow, input, run_id=run_id, limits=limits, metadata=metadata)
+
+
+async def resume(run_id: str, workflow: Workflow | None = None, *, force: bool = False,
+                 budget_usd: float | None = None, budget_tokens: int | None = None,
+                 max_model_calls: int | None = None, timeout_s: float | None = None, **options: Any) -> RunResult:
+    """Continue a stopped run from its journal; completed steps are not executed again."""
+    return await _engine(options).resume(run_id, workflow, force=force, budget_usd=budget_usd,
+                                         budget_tokens=budget_tokens, max_model_calls=max_model_calls,
+                                         timeout_s=timeout_s)
+
+
+async def replay(run_id: str, workflow: Workflow | None = None, **options: Any) -> RunResult:
+    """Re-execute against the journal only; raises ``ReplayDivergence`` at the first differing step."""
+    return await _engine(options).replay(run_id, workflow)
+
+
+async def approve(run_id: str, step: str, *, approved: bool = True, edit: Any = None, by: str | None = None,
+                  note: str | None = None, store: Any = None) -> None:
+    """Record a human decision for a paused step; ``resume`` then continues past it."""
+    await decide(run_id, step, approved=approved, edit=edit, by=by, note=note, store=store)
+
+
+def run_sync(workflow: Workflow, input: Any = None, **kwargs: Any) -> RunResult:
+    """``run`` for synchronous code. Refuses to run inside an event loop (use ``await baton.run``)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run(workflow, input, **kwargs))
+    raise UsageError("baton.run_sync was called inside a running event loop; use 'await baton.run(...)' instead")

@@ -1,0 +1,185 @@
+"""One error tree for all of baton.
+
+    BatonError
+    ├── UsageError                 bad arguments, unknown run id, bad store URL (exit 2)
+    │   └── WorkflowError          invalid workflow file or input: names file, line, field (exit 2)
+    ├── ModelBehaviorError         a model's output stayed invalid after re-asks (carries raw output)
+    │   └── PlanError              an LLM plan stayed invalid after re-plans (carries the errors)
+    ├── ProviderError              a model provider's API failed (status, type, request id, retry-after)
+    │   ├── ProviderConnectionError   no response: connection refused/reset, DNS
+    │   └── ProviderTimeout           no response within the call's timeout
+    ├── ToolError                  a tool failed, timed out, or its input/output broke its schema
+    ├── CircuitOpenError           a breaker is open and no fallback took the call
+    ├── StepFailed                 a pattern gave up: gate rejected, quorum missed, all fallbacks failed
+    ├── LimitExceeded              a guard tripped
+    │   ├── BudgetExceeded         USD/token/call/wall-time budget (exit 3, resumable)
+    │   ├── DepthExceeded          delegation depth (names the chain of agents)
+    │   ├── MaxTurnsExceeded       an agent's tool loop ran out of turns
+    │   └── RunTimeout             a run's or an agent's timeout
+    ├── StoreError                 a store is unreachable or a record is corrupt
+    │   └── RunNotFound            (also a UsageError)
+    ├── RunOwnedElsewhere          another live process owns the run (use --force)
+    └── RunSuspended               control flow, not failure: the run stops resumably
+        ├── ApprovalRequired       awaiting a human decision (exit 4)
+        └── DecisionRequired       a non-idempotent tool was in flight at a crash (exit 4)
+
+Foreign exceptions (aiohttp, psycopg, redis, llama.cpp) are mapped to these at the
+boundary and chained with ``from``. Constructors have no side effects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatonError(Exception):
+    """Root of every error baton raises on purpose."""
+
+    exit_code = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "message": str(self)}
+
+
+class UsageError(BatonError):
+    exit_code = 2
+
+
+class WorkflowError(UsageError):
+    """An invalid workflow or input. ``problems`` lists every (file, line, field, message)."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 field: str | None = None, problems: list[dict[str, Any]] | None = None) -> None:
+        self.file, self.line, self.field = file, line, field
+        self.problems = problems or [{"file": file, "line": line, "field": field, "message": message}]
+        where = ":".join(str(p) for p in (file, line) if p is not None)
+        prefix = f"{where}: " if where else ""
+        fld = f"{field}: " if field else ""
+        super().__init__(f"{prefix}{fld}{message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "problems": self.problems}
+
+
+class ModelBehaviorError(BatonError):
+    def __init__(self, message: str, *, raw_output: Any = None, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.raw_output = raw_output
+        self.errors = errors or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "raw_output": self.raw_output, "errors": self.errors}
+
+
+class PlanError(ModelBehaviorError):
+    pass
+
+
+class ProviderError(BatonError):
+    """A provider API error. ``retryable`` is the adapter's verdict from status and headers."""
+
+    def __init__(self, message: str, *, status: int | None = None, error_type: str | None = None,
+                 request_id: str | None = None, retry_after: float | None = None,
+                 retryable: bool = False, provider: str = "anthropic") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.retryable = retryable
+        self.provider = provider
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "status": self.status, "error_type": self.error_type,
+                "request_id": self.request_id, "retryable": self.retryable}
+
+
+class ProviderConnectionError(ProviderError):
+    def __init__(self, message: str, *, provider: str = "anthropic") -> None:
+        super().__init__(message, error_type="connection_error", retryable=True, provider=provider)
+
+
+class ProviderTimeout(ProviderError):
+    def __init__(self, message: str, *, provider: str = "anthropic") -> None:
+        super().__init__(message, error_type="timeout", retryable=True, provider=provider)
+
+
+class ToolError(BatonError):
+    def __init__(self, message: str, *, tool: str | None = None) -> None:
+        super().__init__(message)
+        self.tool = tool
+
+
+class CircuitOpenError(BatonError):
+    def __init__(self, message: str, *, target: str) -> None:
+        super().__init__(message)
+        self.target = target
+
+
+class StepFailed(BatonError):
+    """A pattern gave up. ``attempts`` lists every attempt's reason."""
+
+    def __init__(self, message: str, *, step: str | None = None, attempts: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.attempts = attempts or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "step": self.step, "attempts": self.attempts}
+
+
+class LimitExceeded(BatonError):
+    pass
+
+
+class BudgetExceeded(LimitExceeded):
+    exit_code = 3
+
+    def __init__(self, message: str, *, limit: str, spent: float, allowed: float) -> None:
+        super().__init__(message)
+        self.limit, self.spent, self.allowed = limit, spent, allowed
+
+
+class DepthExceeded(LimitExceeded):
+    def __init__(self, message: str, *, chain: list[str]) -> None:
+        super().__init__(message)
+        self.chain = chain
+
+
+class MaxTurnsExceeded(LimitExceeded):
+    pass
+
+
+class RunTimeout(LimitExceeded):
+    pass
+
+
+class StoreError(BatonError):
+    pass
+
+
+class RunNotFound(StoreError, UsageError):
+    exit_code = 2
+
+
+class RunOwnedElsewhere(BatonError):
+    exit_code = 2
+
+
+class RunSuspended(BatonError):
+    """Control flow: the run stops in a resumable state."""
+
+    exit_code = 4
+
+
+class ApprovalRequired(RunSuspended):
+    def __init__(self, message: str, *, step: str, request: Any = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.request = request
+
+
+class DecisionRequired(RunSuspended):
+    def __init__(self, message: str, *, step: str) -> None:
+        super().__init__(message)
+        self.step = step

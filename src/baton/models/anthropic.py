@@ -1,0 +1,460 @@
+"""Anthropic Messages API adapter: a lean aiohttp client, one HTTP attempt per call.
+
+Why not the official SDK: it allocates pydantic models per response and owns retries;
+baton's runtime owns retries, and at high concurrency the adapter's CPU per call is what
+limits a single process (see docs/transport.md for the measured numbers). This module
+speaks the wire format directly, encodes with orjson, reuses one session per event loop,
+and maps every failure to ``baton.errors`` with a retry verdict the runtime can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from baton.errors import ProviderConnectionError, ProviderError, ProviderTimeout, UsageError
+from baton.messages import (
+    ContentBlock,
+    Message,
+    ModelRequest,
+    ModelResponse,
+    TextBlock,
+    ToolChoice,
+    ToolResultBlock,
+    ToolSpec,
+    ToolUseBlock,
+    Usage,
+)
+
+JSON = dict[str, Any]
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
+_KEPT_HEADER_PREFIXES = ("anthropic-ratelimit-", "retry-after")
+# An error event inside a 200 stream carries only a type; give it the status it would have had.
+_STREAM_ERROR_STATUS = {
+    "invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
+    "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+    "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529,
+}
+
+
+# --- request encoding ------------------------------------------------------------------
+
+
+def _block_to_wire(b: ContentBlock) -> JSON:
+    t = type(b)
+    if t is TextBlock:
+        assert isinstance(b, TextBlock)
+        if b.cache_control is None:
+            return {"type": "text", "text": b.text}
+        return {"type": "text", "text": b.text, "cache_control": b.cache_control}
+    if t is ToolUseBlock:
+        assert isinstance(b, ToolUseBlock)
+        return {"type": "tool_use", "id": b.id, "name": b.name, "input": b.input}
+    assert isinstance(b, ToolResultBlock)
+    d: JSON = {"type": "tool_result", "tool_use_id": b.tool_use_id, "content": b.content}
+    if b.is_error:
+        d["is_error"] = True
+    if b.cache_control is not None:
+        d["cache_control"] = b.cache_control
+    return d
+
+
+def _message_to_wire(m: Message) -> JSON:
+    return {"role": m.role, "content": [_block_to_wire(b) for b in m.content]}
+
+
+def _tool_to_wire(t: ToolSpec) -> JSON:
+    d: JSON = {"name": t.name, "description": t.description, "input_schema": t.input_schema}
+    if t.cache_control is not None:
+        d["cache_control"] = t.cache_control
+    return d
+
+
+def _tool_choice_to_wire(tc: ToolChoice) -> JSON:
+    d: JSON = {"type": tc.type}
+    if tc.type == "tool":
+        d["name"] = tc.name
+    if tc.disable_parallel_tool_use and tc.type != "none":
+        d["disable_parallel_tool_use"] = True
+    return d
+
+
+def request_to_wire(request: ModelRequest, *, stream: bool = False) -> JSON:
+    """The Messages API body for ``request``.
+
+    ``request.metadata["anthropic"]`` (a dict) is merged in last for provider extras
+    such as a top-level ``cache_control`` or ``metadata.user_id``; it cannot replace the
+    core fields.
+    """
+    body: JSON = {
+        "model": request.model,
+        "max_tokens": request.max_tokens,
+        "messages": [_message_to_wire(m) for m in request.messages],
+    }
+    if request.system:
+        body["system"] = request.system
+    if request.tools:
+        body["tools"] = [_tool_to_wire(t) for t in request.tools]
+    if request.tool_choice is not None:
+        body["tool_choice"] = _tool_choice_to_wire(request.tool_choice)
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.stop_sequences:
+        body["stop_sequences"] = request.stop_sequences
+    if stream:
+        body["stream"] = True
+    extra = request.metadata.get("anthropic") if request.metadata else None
+    if isinstance(extra, dict):
+        for k, v in extra.items():
+            body.setdefault(k, v)
+    return body
+
+
+# --- response decoding -----------------------------------------------------------------
+
+
+def usage_from_wire(u: Mapping[str, Any] | None) -> Usage:
+    if not u:
+        return Usage()
+    cc = u.get("cache_creation")
+    return Usage(
+        u.get("input_tokens") or 0,
+        u.get("output_tokens") or 0,
+        u.get("cache_creation_input_tokens") or 0,
+        u.get("cache_read_input_tokens") or 0,
+        (cc.get("ephemeral_1h_input_tokens") or 0) if isinstance(cc, dict) else 0,
+    )
+
+
+def content_from_wire(blocks: list[JSON]) -> list[ContentBlock]:
+    """Text and tool_use blocks; other kinds (thinking, server tools) are skipped."""
+    out: list[ContentBlock] = []
+    for b in blocks:
+        kind = b.get("type")
+        if kind == "text":
+            out.append(TextBlock(b["text"]))
+        elif kind == "tool_use":
+            out.append(ToolUseBlock(b["id"], b["name"], b.get("input") or {}))
+    return out
+
+
+def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """Only rate-limit and retry-after headers: nothing that could carry credentials."""
+    kept: dict[str, str] = {}
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk.startswith(_KEPT_HEADER_PREFIXES):
+            kept[lk] = v
+    return kept
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait: ``retry-after-ms`` first, then ``retry-after`` as seconds or HTTP date."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def is_retryable(status: int, should_retry: str | None, error_code: str | None) -> bool:
+    """The retry verdict: spend cap never; then ``x-should-retry``; then the status."""
+    if error_code == SPEND_LIMIT_CODE:
+        return False
+    if should_retry is not None:
+        flag = should_retry.strip().lower()
+        if flag == "true":
+            return True
+        if flag == "false":
+            return False
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
+def status_error(status: int, raw: bytes, headers: Mapping[str, str], *, secret: str | None = None,
+                 provider: str = "anthropic") -> ProviderError:
+    """Map an HTTP error response (JSON or not) to a ``ProviderError``."""
+    error_type: str | None = None
+    message: str | None = None
+    error_code: str | None = None
+    request_id = headers.get("request-id")
+    try:
+        data = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict):
+            error_type = err.get("type") if isinstance(err.get("type"), str) else None
+            message = str(err.get("message") or "")
+            details = err.get("details")
+            if isinstance(details, dict) and isinstance(details.get("error_code"), str):
+                error_code = details["error_code"]
+        request_id = request_id or data.get("request_id")
+    if message is None:
+        ctype = headers.get("content-type", "unknown content type")
+        snippet = " ".join(raw[:300].decode("utf-8", "replace").split())[:200]
+        message = f"non-JSON error body ({ctype}): {snippet!r}" if snippet else "empty error body"
+    if secret and secret in message:
+        message = message.replace(secret, "[REDACTED]")
+    text = f"{provider} API error {status}"
+    if error_type:
+        text += f" {error_type}"
+    text += f": {message}"
+    if error_code:
+        text += f" [{error_code}]"
+    if request_id:
+        text += f" (request_id={request_id})"
+    return ProviderError(
+        text,
+        status=status,
+        error_type=error_type or f"http_{status}",
+        request_id=request_id,
+        retry_after=parse_retry_after(headers),
+        retryable=is_retryable(status, headers.get("x-should-retry"), error_code),
+        provider=provider,
+    )
+
+
+# --- SSE (optional streaming mode) -------------------------------------------------------
+
+
+class _StreamAssembler:
+    """Builds the final message from Messages-API SSE events."""
+
+    def __init__(self) -> None:
+        self.message: JSON | None = None
+        self.blocks: dict[int, JSON] = {}
+        self.partial_json: dict[int, list[str]] = {}
+        self.usage: JSON = {}
+        self.stop_reason: str | None = None
+        self.done = False
+
+    def feed(self, event: str, data: JSON) -> None:
+        kind = data.get("type", event)
+        if kind == "message_start":
+            self.message = data.get("message") or {}
+            self.usage.update(self.message.get("usage") or {})
+        elif kind == "content_block_start":
+            self.blocks[data["index"]] = dict(data.get("content_block") or {})
+        elif kind == "content_block_delta":
+            idx, delta = data["index"], data.get("delta") or {}
+            block = self.blocks.setdefault(idx, {"type": "text", "text": ""})
+            dtype = delta.get("type")
+            if dtype == "text_delta":
+                block["text"] = block.get("text", "") + delta.get("text", "")
+            elif dtype == "input_json_delta":
+                self.partial_json.setdefault(idx, []).append(delta.get("partial_json", ""))
+        elif kind == "content_block_stop":
+            idx = data["index"]
+            parts = self.partial_json.pop(idx, None)
+            if parts is not None:
+                joined = "".join(parts)
+                self.blocks[idx]["input"] = orjson.loads(joined) if joined else {}
+        elif kind == "message_delta":
+            delta = data.get("delta") or {}
+            self.stop_reason = delta.get("stop_reason") or self.stop_reason
+            self.usage.update({k: v for k, v in (data.get("usage") or {}).items() if v is not None})
+        elif kind == "message_stop":
+            self.done = True
+
+    def result(self) -> JSON:
+        msg = dict(self.message or {})
+        msg["content"] = [self.blocks[i] for i in sorted(self.blocks)]
+        msg["stop_reason"] = self.stop_reason
+        msg["usage"] = self.usage
+        return msg
+
+
+# --- the adapter -----------------------------------------------------------------------
+
+
+class AnthropicModel:
+    """Claude over the Messages API. One HTTP attempt per ``complete``; never retries.
+
+    Args:
+        api_key: defaults to ``ANTHROPIC_API_KEY``; ``ANTHROPIC_AUTH_TOKEN`` is sent as a
+            bearer token when no key is set.
+        base_url: defaults to ``ANTHROPIC_BASE_URL`` then ``https://api.anthropic.com``.
+        timeout_s: total time for one call; ``ModelRequest.timeout_s`` overrides it.
+        connect_timeout_s: time to open a connection.
+        max_connections: connection pool size per event loop.
+        stream: use SSE under the hood (for very long generations); the result is the
+            same ``ModelResponse``, and an in-band ``error`` event raises ``ProviderError``.
+    """
+
+    provider = "anthropic"
+
+    def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
+                 timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
+                 max_connections: int = 1000, anthropic_version: str = "2023-06-01",
+                 stream: bool = False) -> None:
+        key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
+        token = None if key else (os.environ.get("ANTHROPIC_AUTH_TOKEN") or None)
+        base = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        if not key and not token and base == DEFAULT_BASE_URL:
+            raise UsageError("no Anthropic API key: pass api_key= or set ANTHROPIC_API_KEY "
+                             "(or ANTHROPIC_AUTH_TOKEN for bearer auth)")
+        self.base_url = base
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_connections = max_connections
+        self.stream = stream
+        self._secret = key or token
+        self._url = URL(base + "/v1/messages")
+        # Every header the client would otherwise add per call is set once here.
+        self._headers: dict[str, str] = {
+            "anthropic-version": anthropic_version,
+            "content-type": "application/json",
+            "accept": "text/event-stream" if stream else "application/json",
+            "user-agent": "baton-agents/0.1",
+        }
+        if key:
+            self._headers["x-api-key"] = key
+        elif token:
+            self._headers["authorization"] = f"Bearer {token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"AnthropicModel(base_url={self.base_url!r})"
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is not None and self._loop is loop and not session.closed:
+            return session
+        if session is not None and not session.closed:
+            # Made on another loop (e.g. an earlier asyncio.run): its connections belong to
+            # that loop and cannot be awaited from here, so drop them with the session.
+            session.detach()
+        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector, headers=self._headers, timeout=self._timeout,
+            skip_auto_headers=("accept-encoding",),
+        )
+        self._loop = loop
+        return self._session
+
+    async def complete(self, request: ModelRequest) -> ModelResponse:
+        body = orjson.dumps(request_to_wire(request, stream=self.stream))
+        session = self._get_session()
+        timeout = self._timeout if request.timeout_s is None else aiohttp.ClientTimeout(
+            total=request.timeout_s, connect=min(self.connect_timeout_s, request.timeout_s))
+        try:
+            async with session.post(self._url, data=body, timeout=timeout, allow_redirects=False) as resp:
+                status = resp.status
+                headers = resp.headers
+                if status >= 400 or not self.stream:
+                    raw = await resp.read()
+                else:
+                    return await self._read_stream(resp)
+        except TimeoutError as exc:
+            total = request.timeout_s if request.timeout_s is not None else self.timeout_s
+            raise ProviderTimeout(f"anthropic: no response from {self.base_url} within {total:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: {exc.os_error}") from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderConnectionError(
+                f"anthropic: connection to {self.base_url} failed: {type(exc).__name__}: {exc}") from exc
+        if status >= 300:
+            raise status_error(status, raw, headers, secret=self._secret)
+        try:
+            data = orjson.loads(raw)
+            content = content_from_wire(data["content"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ProviderError(
+                f"anthropic: malformed response body (HTTP {status}): {raw[:200]!r}",
+                status=status, error_type="invalid_response", request_id=headers.get("request-id"),
+                retryable=True) from exc
+        return ModelResponse(
+            id=data.get("id", ""),
+            model=data.get("model", request.model),
+            content=content,
+            stop_reason=data.get("stop_reason") or "end_turn",
+            usage=usage_from_wire(data.get("usage")),
+            request_id=headers.get("request-id") or data.get("request_id"),
+            headers=kept_headers(headers),
+        )
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse) -> ModelResponse:
+        """Assemble a streamed message; errors inside the stream become ProviderErrors."""
+        request_id = resp.headers.get("request-id")
+        asm = _StreamAssembler()
+        event = ""
+        data_lines: list[bytes] = []
+        async for line in resp.content:
+            line = line.rstrip(b"\r\n")
+            if line:
+                if line.startswith(b"event:"):
+                    event = line[6:].strip().decode()
+                elif line.startswith(b"data:"):
+                    data_lines.append(line[5:].strip())
+                continue
+            if not data_lines:
+                continue
+            try:
+                data = orjson.loads(b"\n".join(data_lines))
+            except orjson.JSONDecodeError as exc:
+                raise ProviderError(f"anthropic: malformed stream event {event!r} (request_id={request_id})",
+                                    status=resp.status, error_type="invalid_response",
+                                    request_id=request_id, retryable=True) from exc
+            data_lines = []
+            if event == "error" or data.get("type") == "error":
+                err = data.get("error") or {}
+                etype = err.get("type") or "api_error"
+                status = _STREAM_ERROR_STATUS.get(etype, 500)
+                raise ProviderError(
+                    f"anthropic stream error {etype}: {err.get('message', '')} (request_id={request_id})",
+                    status=status, error_type=etype, request_id=request_id,
+                    retryable=is_retryable(status, None, None))
+            try:
+                asm.feed(event, data)
+            except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+                raise ProviderError(f"anthropic: malformed stream event {event!r} (request_id={request_id})",
+                                    status=resp.status, error_type="invalid_response",
+                                    request_id=request_id, retryable=True) from exc
+            if asm.done:
+                break
+        if not asm.done:
+            raise ProviderConnectionError(
+                f"anthropic: stream from {self.base_url} ended before message_stop (request_id={request_id})")
+        msg = asm.result()
+        return ModelResponse(
+            id=msg.get("id", ""),
+            model=msg.get("model", ""),
+            content=content_from_wire(msg["content"]),
+            stop_reason=msg.get("stop_reason") or "end_turn",
+            usage=usage_from_wire(msg["usage"]),
+            request_id=request_id,
+            headers=kept_headers(resp.headers),
+        )
+
+    async def aclose(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()

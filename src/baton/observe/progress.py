@@ -1,0 +1,257 @@
+"""Live progress on stderr while a run works.
+
+On a terminal: one status line redrawn in place (at most ``max_redraws_per_s`` times a
+second) with the agents running now, agents and steps finished, tokens and cost so
+far; notable events (retries, rate-limit waits, breaker changes, approvals, errors)
+are printed above it. Elsewhere (CI logs, files): plain lines, one per finished agent
+and notable event. ``close()`` prints a summary line. Only names, counts, durations
+and error types are printed, never content or error messages.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from baton.observe import events as ev
+from baton.observe.capture import sanitized, sanitized_text
+from baton.observe.events import Event
+
+_CLEAR = "\r\x1b[2K"
+
+
+def _fmt_tokens(n: int) -> str:
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1000:.0f}k"
+    if n >= 1000:
+        return f"{n / 1000:.1f}k"
+    return str(n)
+
+
+def _num(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+class ProgressSink:
+    """Show a run's progress on ``stream`` (stderr by default).
+
+    ``tty=None`` asks the stream; pass ``True``/``False`` to force the redrawn status
+    line or plain lines.
+    """
+
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None, *,
+                 max_redraws_per_s: float = 10.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        if tty is None:
+            isatty = getattr(self.stream, "isatty", None)
+            tty = bool(isatty()) if callable(isatty) else False
+        self.tty = tty
+        self._min_interval = 1.0 / max_redraws_per_s if max_redraws_per_s > 0 else 0.0
+        self._last_draw = float("-inf")
+        self._drawn = False  # a status line is on screen and must be cleared before other output
+        self._dirty = False
+        self._broken = False
+        self._first_ts: float | None = None
+        self._active: dict[str, str] = {}  # agent span id -> agent name
+        self.agents_done = 0
+        self.agent_errors = 0
+        self.steps_done = 0
+        self.model_calls = 0
+        self.tool_calls = 0
+        self.retries = 0
+        self.tokens = {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0}
+        self.cost_usd = 0.0
+        self._run_id: str | None = None
+        self._workflow: str | None = None
+        self._run_end: dict[str, Any] | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+        # On a TTY a ticker redraws what throttling held back, and keeps the clock moving
+        # during long quiet model calls.
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- events ---------------------------------------------------------------------------
+
+    def handle(self, event: Event) -> None:
+        if self._closed:
+            return
+        d = sanitized(event, "none")
+        with self._lock:
+            self._update(event, d)
+            if self.tty and self._ticker is None and not self._closed:
+                self._ticker = threading.Thread(target=self._tick, name="baton-progress", daemon=True)
+                self._ticker.start()
+
+    def _update(self, event: Event, d: dict[str, Any]) -> None:
+        kind = event.kind
+        if self._first_ts is None:
+            self._first_ts = event.ts
+        line: str | None = None
+        if kind == ev.RUN_START:
+            if self._run_id is None:
+                self._run_id, self._workflow = sanitized_text(event.run_id), d.get("workflow")
+                line = f"run {self._run_id} started" + (f" ({self._workflow})" if self._workflow else "")
+                if self.tty:
+                    line = None  # the status line says it
+        elif kind == ev.RUN_END:
+            if event.parent_id is None:
+                self._run_end = dict(d)
+        elif kind == ev.AGENT_START:
+            self._active[event.span_id] = str(d.get("agent") or "?")
+        elif kind == ev.AGENT_END:
+            name = self._active.pop(event.span_id, None) or str(d.get("agent") or "?")
+            self.agents_done += 1
+            failed = d.get("status") == "error"
+            self.agent_errors += failed
+            if failed:
+                line = f"agent {name} failed after {_num(d.get('duration_s')):.2f}s: {d.get('error_type') or 'error'}"
+            elif not self.tty:
+                line = f"agent {name} done in {_num(d.get('duration_s')):.2f}s"
+                usage = d.get("usage")
+                if isinstance(usage, dict):
+                    total = sum(int(_num(usage.get(k))) for k in ("input_tokens", "output_tokens",
+                                                                  "cache_read_input_tokens",
+                                                                  "cache_creation_input_tokens"))
+                    line += f", {_fmt_tokens(total)} tokens"
+                if isinstance(d.get("cost_usd"), int | float):
+                    line += f", ${d['cost_usd']:.4f}"
+        elif kind == ev.MODEL_RESPONSE:
+            self.model_calls += 1
+            usage = d.get("usage")
+            if isinstance(usage, dict):
+                self.tokens["input"] += int(_num(usage.get("input_tokens")))
+                self.tokens["output"] += int(_num(usage.get("output_tokens")))
+                self.tokens["cache_read"] += int(_num(usage.get("cache_read_input_tokens")))
+                self.tokens["cache_write"] += int(_num(usage.get("cache_creation_input_tokens")))
+            self.cost_usd += _num(d.get("cost_usd"))
+        elif kind == ev.MODEL_ERROR:
+            status = f" {d['status']}" if d.get("status") is not None else ""
+            line = f"model {d.get('model')} error{status}: {d.get('error_type')}"
+        elif kind == ev.TOOL_CALL:
+            self.tool_calls += 1
+        elif kind == ev.TOOL_DENIED:
+            line = f"agent {d.get('agent')} asked for tool {d.get('tool')}, which it was not given"
+        elif kind == ev.STEP_END:
+            self.steps_done += 1
+        elif kind == ev.RETRY:
+            self.retries += 1
+            line = (f"retry {d.get('target')} attempt {int(_num(d.get('attempt'))) + 1} "
+                    f"in {_num(d.get('delay_s')):.1f}s ({d.get('error_type')})")
+        elif kind == ev.RATE_LIMIT_WAIT:
+            line = f"rate limit: waited {_num(d.get('wait_s')):.1f}s for {d.get('model')}"
+        elif kind == ev.BREAKER_CHANGE:
+            line = f"breaker {d.get('target')}: {d.get('old')} -> {d.get('new')}"
+        elif kind == ev.APPROVAL_REQUESTED:
+            line = f"approval requested: {d.get('step')}"
+        elif kind == ev.APPROVAL_DECIDED:
+            line = f"approval {d.get('step')}: {'approved' if d.get('approved') else 'rejected'}"
+        elif kind == ev.BUDGET_CHECK and d.get("ok") is False:
+            line = f"budget: {d.get('limit')} limit reached ({d.get('spent')} of {d.get('allowed')})"
+        elif kind == ev.PLAN_INVALID:
+            line = "plan invalid; re-planning"
+        self._dirty = True
+        if line is not None:
+            self._print_line(f"[{self._elapsed(event.ts):7.2f}s] {line}")
+        if self.tty:
+            self._maybe_redraw()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
+        with self._lock:
+            self._write((_CLEAR if self._drawn else "") + self.summary() + "\n")
+            self._drawn = False
+
+    def _tick(self) -> None:
+        interval = max(self._min_interval, 0.05)
+        while not self._stop.wait(interval):
+            with self._lock:
+                if self._closed:
+                    return
+                if time.monotonic() - self._last_draw >= 1.0:
+                    self._dirty = True  # the elapsed clock moved
+                self._maybe_redraw()
+
+    # --- rendering --------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        end = self._run_end or {}
+        parts = ["run"]
+        if self._run_id:
+            parts.append(self._run_id)
+        status = end.get("status") or ("unfinished" if self._run_id else None)
+        if status:
+            parts.append(str(status))
+        duration = end.get("duration_s")
+        if isinstance(duration, int | float):
+            parts.append(f"in {duration:.2f}s")
+        head = " ".join(parts)
+        usage = end.get("usage")
+        t = dict(self.tokens)
+        if isinstance(usage, dict):
+            t = {"input": int(_num(usage.get("input_tokens"))), "output": int(_num(usage.get("output_tokens"))),
+                 "cache_read": int(_num(usage.get("cache_read_input_tokens"))),
+                 "cache_write": int(_num(usage.get("cache_creation_input_tokens")))}
+        calls = end.get("model_calls") if isinstance(end.get("model_calls"), int) else self.model_calls
+        cost = end.get("cost_usd") if isinstance(end.get("cost_usd"), int | float) else self.cost_usd
+        total = sum(t.values())
+        body = [f"{self.agents_done} agent calls", f"{calls} model calls", f"{self.tool_calls} tool calls",
+                f"{_fmt_tokens(total)} tokens (in {t['input']}, out {t['output']}, cache read "
+                f"{t['cache_read']}, cache write {t['cache_write']})", f"${cost:.4f}"]
+        if self.retries:
+            body.append(f"{self.retries} retries")
+        if self.agent_errors:
+            body.append(f"{self.agent_errors} agent errors")
+        return head + ": " + ", ".join(body)
+
+    def status_line(self) -> str:
+        active = list(self._active.values())
+        shown = ", ".join(active[:3]) + (f" +{len(active) - 3}" if len(active) > 3 else "")
+        elapsed = f"{time.time() - self._first_ts:.0f}s" if self._first_ts is not None else "0s"
+        parts = [f"baton {self._workflow or self._run_id or ''}".rstrip() + f" {elapsed}",
+                 f"{len(active)} running" + (f" ({shown})" if shown else ""),
+                 f"{self.agents_done} agents done", f"{self.steps_done} steps",
+                 f"{_fmt_tokens(sum(self.tokens.values()))} tok", f"${self.cost_usd:.4f}"]
+        text = " | ".join(parts)
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        return text if len(text) <= width else text[: max(width - 3, 0)] + "..."
+
+    def _elapsed(self, ts: float) -> float:
+        return ts - self._first_ts if self._first_ts is not None else 0.0
+
+    def _maybe_redraw(self) -> None:
+        now = time.monotonic()
+        if not self._dirty or now - self._last_draw < self._min_interval:
+            return
+        self._last_draw = now
+        self._dirty = False
+        self._drawn = True
+        self._write(_CLEAR + self.status_line())
+
+    def _print_line(self, text: str) -> None:
+        if self.tty:
+            self._write(_CLEAR + text + "\n")
+            self._drawn = False
+            self._last_draw = float("-inf")  # put the status line back right away
+        else:
+            self._write(text + "\n")
+
+    def _write(self, text: str) -> None:
+        if self._broken:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self._broken = True  # stderr went away (closed pipe): progress is not worth a failed run

@@ -1,0 +1,205 @@
+"""Orchestrator-worker: an LLM plans a dependency DAG, workers run it, a synthesizer combines.
+
+The plan is validated before anything runs (unknown worker, duplicate id, dangling or
+cyclic ``depends_on``, too many subtasks). An invalid plan goes back to the planner
+with the exact errors; after ``max_replans`` it fails with a ``PlanError``. Each
+subtask starts the moment its dependencies finish and sees only the original task and
+its dependencies' outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.agent import Agent
+from baton.context import RunContext
+from baton.errors import PlanError
+from baton.observe import events as ev
+from baton.patterns._base import Target, as_text, invoke, output_of, target_name
+from baton.patterns.compress import Compressor
+from baton.runtime.scheduler import find_cycle, run_dag
+
+
+def plan_schema(workers: list[str]) -> dict[str, Any]:
+    """The planner's output schema: exactly subtasks[id, worker, instruction, depends_on] + synthesis."""
+    return {
+        "type": "object",
+        "properties": {
+            "subtasks": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "description": "Short unique id, e.g. s1."},
+                        "worker": {"type": "string", "description": "One of: " + ", ".join(workers)},
+                        "instruction": {"type": "string"},
+                        "depends_on": {"type": "array", "items": {"type": "string"},
+                                       "description": "Ids of subtasks whose results this one needs."},
+                    },
+                    "required": ["id", "worker", "instruction", "depends_on"],
+                    "additionalProperties": False,
+                },
+            },
+            "synthesis_instructions": {"type": "string"},
+        },
+        "required": ["subtasks", "synthesis_instructions"],
+        "additionalProperties": False,
+    }
+
+
+def validate_plan(plan: Mapping[str, Any], workers: list[str], max_subtasks: int) -> list[str]:
+    """Every problem with a plan, as messages the planner can act on (empty when valid)."""
+    errors: list[str] = []
+    subtasks = plan.get("subtasks")
+    if not isinstance(subtasks, list) or not subtasks:
+        return ["the plan has no subtasks"]
+    if len(subtasks) > max_subtasks:
+        errors.append(f"the plan has {len(subtasks)} subtasks; the limit is {max_subtasks}")
+    ids: list[str] = [str(s.get("id", "")) for s in subtasks]
+    seen: set[str] = set()
+    for sid in ids:
+        if not sid:
+            errors.append("a subtask has an empty id")
+        elif sid in seen:
+            errors.append(f"duplicate subtask id {sid!r}")
+        seen.add(sid)
+    for s in subtasks:
+        sid = s.get("id")
+        if s.get("worker") not in workers:
+            errors.append(f"subtask {sid!r} names unknown worker {s.get('worker')!r}; available: {', '.join(workers)}")
+        for dep in s.get("depends_on") or []:
+            if dep == sid:
+                errors.append(f"subtask {sid!r} depends on itself")
+            elif dep not in seen:
+                errors.append(f"subtask {sid!r} depends on unknown subtask {dep!r}")
+    if not errors:
+        cycle = find_cycle({str(s["id"]): [str(d) for d in s.get("depends_on") or []] for s in subtasks})
+        if cycle:
+            errors.append("dependency cycle: " + " -> ".join(cycle))
+    return errors
+
+
+def repair_plan(plan: Mapping[str, Any], workers: list[str], max_subtasks: int) -> tuple[dict[str, Any], list[str]]:
+    """Make a plan valid by the smallest deterministic edits, saying what was changed.
+
+    Used only when ``repair_plan`` is on and re-planning did not help (small local
+    models): truncate to the limit, rename empty/duplicate ids, send unknown workers to
+    the first worker, and keep only dependencies on *earlier* subtasks (no dangling
+    ids, no cycles).
+    """
+    notes: list[str] = []
+    raw = [s for s in plan.get("subtasks") or [] if isinstance(s, Mapping)]
+    if len(raw) > max_subtasks:
+        notes.append(f"dropped {len(raw) - max_subtasks} subtasks over the limit of {max_subtasks}")
+        raw = raw[:max_subtasks]
+    if not raw:
+        raw = [{"id": "s1", "worker": workers[0], "instruction": "Do the whole task.", "depends_on": []}]
+        notes.append("the plan had no subtasks; made one for the whole task")
+    fixed: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, s in enumerate(raw):
+        sid = str(s.get("id") or "")
+        if not sid or sid in seen:
+            new = f"s{i + 1}"
+            while new in seen:
+                new += "_"
+            notes.append(f"renamed subtask id {sid!r} to {new!r}")
+            sid = new
+        worker = s.get("worker")
+        if worker not in workers:
+            notes.append(f"subtask {sid!r}: unknown worker {worker!r} replaced by {workers[0]!r}")
+            worker = workers[0]
+        deps = []
+        for d in s.get("depends_on") or []:
+            if d in seen and d not in deps:
+                deps.append(d)
+            else:
+                notes.append(f"subtask {sid!r}: dropped dependency {d!r} (not an earlier subtask)")
+        fixed.append({"id": sid, "worker": worker, "instruction": str(s.get("instruction") or ""), "depends_on": deps})
+        seen.add(sid)
+    return {"subtasks": fixed, "synthesis_instructions": str(plan.get("synthesis_instructions") or "")}, notes
+
+
+@dataclass
+class Orchestrator:
+    planner: Agent
+    workers: Mapping[str, Target]
+    synthesizer: Agent | None = None
+    max_subtasks: int = 10
+    max_replans: int = 2
+    concurrency: int | None = None
+    """Subtasks in flight at once (None: the run's concurrency limit)."""
+    name: str = "orchestrator"
+    repair_plan: bool = False
+    """After the last re-plan, repair a still-invalid plan deterministically instead of failing."""
+    compress: Compressor | None = None
+    """Summarise long dependency outputs with a cheap model before handing them on."""
+    _planner: Agent = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, list):
+            self.workers = {target_name(w): w for w in self.workers}
+        self._planner = self.planner.with_(output=plan_schema(list(self.workers)))
+
+    def _planning_prompt(self, task: Any) -> str:
+        lines = [f"Task:\n{as_text(task)}", "", "Workers you can assign subtasks to:"]
+        for wname, worker in self.workers.items():
+            desc = worker.description if isinstance(worker, Agent) else getattr(worker, "description", "")
+            lines.append(f"- {wname}: {desc or 'no description'}")
+        lines += ["", f"Break the task into at most {self.max_subtasks} subtasks. Give each a unique id; list in "
+                  "depends_on the ids whose results it needs (no cycles). Subtasks without dependencies run in "
+                  "parallel."]
+        return "\n".join(lines)
+
+    async def plan(self, ctx: RunContext, task: Any) -> dict[str, Any]:
+        workers = list(self.workers)
+        prompt = self._planning_prompt(task)
+        errors: list[str] = []
+        for attempt in range(self.max_replans + 1):
+            if errors:
+                prompt = (f"{self._planning_prompt(task)}\n\nYour previous plan was invalid:\n- "
+                          + "\n- ".join(errors) + "\nReturn a corrected plan.")
+            plan = output_of(await ctx.call(self._planner, prompt))
+            errors = validate_plan(plan, workers, self.max_subtasks)
+            if not errors:
+                return dict(plan)
+            ctx.emit(ev.PLAN_INVALID, {"errors": errors, "attempt": attempt + 1})
+        if self.repair_plan:
+            # Journaled as a step so a resumed run sees the same repaired plan.
+            repaired = await ctx.step("repair_plan", lambda: repair_plan(plan, workers, self.max_subtasks))
+            ctx.emit(ev.PLAN_INVALID, {"errors": errors, "repaired": repaired[1]})
+            return dict(repaired[0])
+        raise PlanError(f"{self.name}: the plan is still invalid after {self.max_replans + 1} attempts: "
+                        + "; ".join(errors), raw_output=plan, errors=errors)
+
+    async def __call__(self, ctx: RunContext, task: Any) -> Any:
+        plan = await self.plan(ctx, task)
+        subtasks = {str(s["id"]): s for s in plan["subtasks"]}
+        index = {sid: i for i, sid in enumerate(subtasks)}
+        deps = {sid: [str(d) for d in s.get("depends_on") or []] for sid, s in subtasks.items()}
+        results: dict[str, Any] = {}
+
+        async def run_subtask(sid: str) -> Any:
+            s = subtasks[sid]
+            parts = [f"Overall task:\n{as_text(task)}", f"Your subtask ({sid}):\n{s['instruction']}"]
+            # Keyed by plan position: the journal key must not depend on start order.
+            scope = ctx.named(f"s{index[sid]}")
+            for dep in deps[sid]:
+                context = as_text(results[dep])
+                if self.compress is not None:
+                    context = await self.compress(scope.named(f"compress-{index[dep]}"), context)
+                parts.append(f"Result of {dep}:\n{context}")
+            out = await invoke(scope, self.workers[s["worker"]], "\n\n".join(parts))
+            results[sid] = out
+            return out
+
+        limit = self.concurrency or ctx.limits.concurrency
+        await run_dag(deps, run_subtask, concurrency=limit)
+        if self.synthesizer is None:
+            return {sid: results[sid] for sid in subtasks}
+        summary = [f"Task:\n{as_text(task)}", f"Instructions:\n{plan.get('synthesis_instructions', '')}"]
+        for sid, s in subtasks.items():
+            summary.append(f"[{sid}] {s['instruction']}\n{as_text(results[sid])}")
+        return output_of(await ctx.named("synthesis").call(self.synthesizer, "\n\n".join(summary)))

@@ -1,0 +1,93 @@
+"""Refine: draft, have critics review in parallel, revise with their feedback, repeat.
+
+A round is one review by every critic (each answers ``{"approved", "feedback"}``)
+followed, unless all approve, by one revision. It stops when every critic approves
+or after ``max_rounds`` reviews, and returns the latest draft: at most
+``1 + max_rounds * len(critics) + (max_rounds - 1)`` agent calls, never more.
+Each round's verdicts go on the event stream as ``refine.round``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.agent import Agent
+from baton.context import RunContext
+from baton.errors import StepFailed, UsageError
+from baton.observe import events as ev
+from baton.patterns._base import CallFailed, Target, as_text, invoke, labelled, target_name
+from baton.schema import validation_errors
+
+ROUND_EVENT = ev.REFINE_ROUND
+
+CRITIQUE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "approved": {"type": "boolean", "description": "True only if the draft needs no further change."},
+        "feedback": {"type": "string", "description": "Specific, actionable problems to fix (empty if approved)."},
+    },
+    "required": ["approved", "feedback"],
+    "additionalProperties": False,
+}
+
+
+@dataclass
+class Refine:
+    drafter: Target
+    critics: list[Target]
+    max_rounds: int = 3
+    reviser: Target | None = None
+    name: str = "refine"
+    _critics: list[Target] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.critics:
+            raise UsageError(f"refine {self.name!r} needs at least one critic")
+        if not isinstance(self.max_rounds, int) or isinstance(self.max_rounds, bool) or self.max_rounds < 1:
+            raise UsageError(f"refine {self.name!r}: max_rounds must be an integer >= 1, not {self.max_rounds!r}")
+        names = [target_name(c) for c in self.critics]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise UsageError(f"refine {self.name!r}: critic names must be unique; repeated: {', '.join(dupes)}")
+        self._critics = [c.with_(output=CRITIQUE_SCHEMA) if isinstance(c, Agent) else c for c in self.critics]
+
+    async def __call__(self, ctx: RunContext, task: Any) -> Any:
+        draft = await invoke(ctx, self.drafter, task)
+        for round_no in range(1, self.max_rounds + 1):
+            reviews = await self._review(ctx, task, draft, round_no)
+            approved = all(r["approved"] for r in reviews.values())
+            ctx.emit(ROUND_EVENT, {"name": self.name, "round": round_no, "approved": approved,
+                                   "critics": {c: r["approved"] for c, r in reviews.items()}})
+            if approved or round_no == self.max_rounds:
+                return draft
+            feedback = "\n".join(f"- {c} ({'approved' if r['approved'] else 'changes requested'}): {r['feedback']}"
+                                 for c, r in reviews.items())
+            prompt = (f"Task:\n{as_text(task)}\n\nYour previous draft:\n{as_text(draft)}\n\n"
+                      f"Reviewer feedback (round {round_no} of {self.max_rounds}):\n{feedback}\n\n"
+                      "Revise the draft to address every point. Reply with the complete revised draft only.")
+            draft = await invoke(ctx, self.reviser or self.drafter, prompt)
+        return draft  # not reached: the last round returns
+
+    async def _review(self, ctx: RunContext, task: Any, draft: Any, round_no: int) -> dict[str, dict[str, Any]]:
+        prompt = (f"Task:\n{as_text(task)}\n\nDraft to review (round {round_no} of {self.max_rounds}):\n"
+                  f"{as_text(draft)}\n\nApprove it only if it fully meets the task; otherwise say exactly what "
+                  "to change.")
+        names = [target_name(c) for c in self._critics]
+        try:
+            outs = await ctx.gather(*(labelled(n, invoke(ctx, c, prompt)) for n, c in zip(names, self._critics,
+                                                                                          strict=True)))
+        except CallFailed as failed:
+            exc = failed.error
+            raise StepFailed(f"refine {self.name!r}: critic {failed.label!r} failed in round {round_no}: "
+                             f"{type(exc).__name__}: {exc}", step=self.name,
+                             attempts=[f"{failed.label}: {type(exc).__name__}: {exc}"]) from exc
+        reviews: dict[str, dict[str, Any]] = {}
+        for critic, out in zip(names, outs, strict=True):
+            data = out.model_dump(mode="json") if hasattr(out, "model_dump") else out
+            errors = validation_errors(data, CRITIQUE_SCHEMA)
+            if errors:
+                raise StepFailed(f"refine {self.name!r}: critic {critic!r} did not return "
+                                 "{approved, feedback}: " + "; ".join(errors), step=self.name)
+            reviews[critic] = data
+        return reviews

@@ -1,0 +1,226 @@
+"""Circuit breakers: stop calling a target that keeps failing, probe it again after a cooldown.
+
+States::
+
+    closed ──(failure_threshold failures in window_s, at least failure_rate of the calls)──> open
+    open ──(cooldown_s elapsed, noticed lazily on read)──> half_open
+    half_open ──(a probe succeeds)──> closed
+    half_open ──(a probe fails)──> open (cooldown restarts)
+
+The rate counts every call *started* in the window, including calls still in flight:
+under a concurrent burst the fast failures (resets, 5xx) return before the successes,
+and counting only finished calls would trip a breaker at a 20 % error rate.
+
+One breaker per model endpoint or tool, created on first use by a ``BreakerRegistry``.
+Only failures that say the target is unhealthy should be recorded (``counts_as_failure``):
+a 400 is the caller's fault and says nothing about the endpoint.
+
+After ``allow()`` returned True the caller reports exactly one of ``record_success``,
+``record_failure`` or ``release`` (no verdict: cancelled, or an error that does not count),
+so a half-open probe slot is never lost. Not thread-safe: one event loop owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from baton.errors import CircuitOpenError, ProviderError, ToolError, WorkflowError
+
+logger = logging.getLogger(__name__)
+
+State = Literal["closed", "open", "half_open"]
+OnChange = Callable[[str, str, str], None]
+
+SETTINGS = ("failure_threshold", "cooldown_s", "half_open_max_calls", "failure_rate", "window_s")
+
+
+def counts_as_failure(error: BaseException, *, count_rate_limits: bool = True) -> bool:
+    """Whether ``error`` says the target is unhealthy.
+
+    Counts: a retryable ``ProviderError`` or one with status >= 500 (this includes connection
+    errors and provider timeouts), plain timeouts and connection errors, and ``ToolError``.
+    Does not count: other 4xx (the request was wrong), budget, validation, model-behaviour and
+    open-circuit errors. ``count_rate_limits=False`` leaves 429s to the rate governor.
+    """
+    if isinstance(error, ProviderError):
+        if error.status == 429 and not count_rate_limits:
+            return False
+        return error.retryable or (error.status is not None and error.status >= 500)
+    return isinstance(error, TimeoutError | ConnectionError | ToolError)
+
+
+def _check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in SETTINGS:
+            raise WorkflowError(f"unknown key {key!r}; expected one of {list(SETTINGS)}", field=f"{where}.{key}")
+        if key in ("cooldown_s", "window_s"):
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+            expected = "a number >= 0"
+        elif key == "failure_rate":
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
+            expected = "a number in (0, 1]"
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            expected = "an integer >= 1"
+        if not ok:
+            raise WorkflowError(f"must be {expected}, got {value!r}", field=f"{where}.{key}")
+        out[key] = value
+    return out
+
+
+class CircuitBreaker:
+    """The health state of one call target."""
+
+    def __init__(self, name: str, *, failure_threshold: int = 5, cooldown_s: float = 30.0,
+                 half_open_max_calls: int = 1, failure_rate: float = 0.5, window_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, on_change: OnChange | None = None) -> None:
+        settings = _check_settings({"failure_threshold": failure_threshold, "cooldown_s": cooldown_s,
+                                    "half_open_max_calls": half_open_max_calls, "failure_rate": failure_rate,
+                                    "window_s": window_s}, f"breaker {name}")
+        self.name = name
+        self.failure_threshold: int = settings["failure_threshold"]
+        self.cooldown_s: float = float(settings["cooldown_s"])
+        self.half_open_max_calls: int = settings["half_open_max_calls"]
+        self.failure_rate: float = float(settings["failure_rate"])
+        self.window_s: float = float(settings["window_s"])
+        self._started: deque[float] = deque()  # start times of calls allowed in the window
+        self._failed: deque[float] = deque()  # times of failures in the window
+        self._clock = clock
+        self._on_change = on_change
+        self._state: State = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probes = 0
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings in place, keeping the current state."""
+        for key, value in _check_settings(settings, f"breaker {self.name}").items():
+            setattr(self, key, float(value) if key in ("cooldown_s", "window_s", "failure_rate") else value)
+
+    @property
+    def state(self) -> State:
+        if self._state == "open" and self._clock() - self._opened_at >= self.cooldown_s:
+            self._probes = 0
+            self._transition("half_open")
+        return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
+
+    def retry_in(self) -> float:
+        """Seconds until an open breaker lets a probe through (0.0 when not open)."""
+        if self.state != "open":
+            return 0.0
+        return max(0.0, self._opened_at + self.cooldown_s - self._clock())
+
+    def allow(self) -> bool:
+        """May a call go to the target now? Half-open admits a bounded number of probes."""
+        state = self.state
+        if state == "closed":
+            self._started.append(self._clock())
+            return True
+        if state == "half_open" and self._probes < self.half_open_max_calls:
+            self._probes += 1
+            return True
+        return False
+
+    def check(self) -> None:
+        """``allow()`` or raise ``CircuitOpenError`` saying when the target will be probed again."""
+        if not self.allow():
+            if self.state == "open":
+                detail = f"next probe in {self.retry_in():.1f}s"
+            else:
+                detail = f"{self.half_open_max_calls} probe call(s) already in flight"
+            raise CircuitOpenError(
+                f"circuit breaker for {self.name!r} is {self.state} after {len(self._failed)} failure(s) in "
+                f"{self.window_s:g}s; failing fast ({detail})", target=self.name)
+
+    def record_success(self) -> None:
+        state = self.state
+        self._release_probe()
+        if state == "open":
+            return  # a straggler from before the breaker opened; the cooldown still stands
+        self._failures = 0
+        if state == "half_open":
+            self._started.clear()
+            self._failed.clear()
+            self._transition("closed")
+
+    def record_failure(self) -> None:
+        state = self.state
+        self._release_probe()
+        self._failures += 1
+        now = self._clock()
+        self._failed.append(now)
+        if state == "half_open" or (state == "closed" and self._window_trips(now)):
+            self._opened_at = now
+            self._transition("open")
+
+    def _window_trips(self, now: float) -> bool:
+        horizon = now - self.window_s
+        while self._started and self._started[0] < horizon:
+            self._started.popleft()
+        while self._failed and self._failed[0] < horizon:
+            self._failed.popleft()
+        failures = len(self._failed)
+        attempts = max(len(self._started), failures)
+        return failures >= self.failure_threshold and failures >= self.failure_rate * attempts
+
+    def release(self) -> None:
+        """The allowed call ended without a verdict (cancelled, or an error that does not count)."""
+        self._release_probe()
+
+    def _release_probe(self) -> None:
+        if self._probes > 0:
+            self._probes -= 1
+
+    def _transition(self, new: State) -> None:
+        old, self._state = self._state, new
+        if old == new or self._on_change is None:
+            return
+        try:
+            self._on_change(self.name, old, new)
+        except Exception:  # an observer must never break the call path
+            logger.exception("breaker on_change callback failed for %s (%s -> %s)", self.name, old, new)
+
+    def __repr__(self) -> str:
+        return f"CircuitBreaker({self.name!r}, state={self._state!r}, failures={self._failures})"
+
+
+class BreakerRegistry:
+    """One breaker per target name, created on first use with the defaults plus per-name settings."""
+
+    def __init__(self, *, defaults: Mapping[str, Any] | None = None, on_change: OnChange | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._defaults = _check_settings(defaults or {}, "breaker")
+        self._overrides: dict[str, dict[str, Any]] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._on_change = on_change
+        self._clock = clock
+
+    def get(self, name: str) -> CircuitBreaker:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            settings = {**self._defaults, **self._overrides.get(name, {})}
+            breaker = CircuitBreaker(name, clock=self._clock, on_change=self._on_change, **settings)
+            self._breakers[name] = breaker
+        return breaker
+
+    def configure(self, name: str, **settings: Any) -> None:
+        """Per-target settings; applied now if the breaker exists, else when it is created."""
+        checked = _check_settings(settings, f"breaker {name}")
+        self._overrides.setdefault(name, {}).update(checked)
+        if name in self._breakers:
+            self._breakers[name].configure(**checked)
+
+    def states(self) -> dict[str, str]:
+        return {name: breaker.state for name, breaker in self._breakers.items()}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._breakers

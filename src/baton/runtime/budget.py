@@ -1,0 +1,131 @@
+"""Run limits and the budget tracker.
+
+Each model call reserves its worst case (estimated input + ``max_tokens`` output at the
+model's price) before it is sent and settles with the real usage after. A call whose
+reservation would cross a limit is not sent, so a run overshoots by at most the
+estimation error of one call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from baton.errors import BudgetExceeded
+from baton.messages import Usage
+from baton.models.pricing import price_for
+from baton.schema import settings_from_mapping
+
+
+@dataclass(slots=True)
+class Limits:
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    """Input (all kinds) plus output tokens."""
+    budget_input_tokens: int | None = None
+    budget_output_tokens: int | None = None
+    max_model_calls: int | None = None
+    timeout_s: float | None = None
+    """Wall-time budget of one execution of the run (a resume starts a fresh one)."""
+    max_depth: int = 5
+    concurrency: int = 16
+    """Model calls in flight at once, across the whole run."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, *, where: str = "limits") -> Limits:
+        return settings_from_mapping(cls, d or {}, where=where, what="limits")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def merged(self, **overrides: Any) -> Limits:
+        d = asdict(self)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return Limits(**d)
+
+
+def estimate_tokens(text_len: int) -> int:
+    """A deliberately generous estimate (3 chars per token) for reservations."""
+    return text_len // 3 + 16
+
+
+@dataclass(slots=True)
+class Reservation:
+    model: str
+    input_tokens: int
+    output_tokens: int
+    usd: float
+
+
+class BudgetTracker:
+    """Spent and reserved amounts of one run. Not thread-safe: one event loop owns it."""
+
+    def __init__(self, limits: Limits, *, spent: Usage | None = None, spent_usd: float = 0.0,
+                 model_calls: int = 0, on_check: Any = None) -> None:
+        self.limits = limits
+        self.usage = spent or Usage()
+        self.cost_usd = spent_usd
+        self.model_calls = model_calls
+        self.unpriced_calls = 0
+        self._reserved_usd = 0.0
+        self._reserved_in = 0
+        self._reserved_out = 0
+        self._reserved_calls = 0
+        self._started = time.monotonic()
+        self._on_check = on_check
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.limits.timeout_s is None else self._started + self.limits.timeout_s
+
+    def _fail(self, limit: str, spent: float, allowed: float) -> BudgetExceeded:
+        if self._on_check:
+            self._on_check(limit, spent, allowed, False)
+        return BudgetExceeded(f"{limit} budget exceeded: this call would bring it to {spent:g} of {allowed:g}",
+                              limit=limit, spent=spent, allowed=allowed)
+
+    def reserve(self, model: str, input_chars: int, max_tokens: int, *, price_as: str | None = None) -> Reservation:
+        lim = self.limits
+        est_in = estimate_tokens(input_chars)
+        price = price_for(price_as or model)
+        usd = 0.0 if price is None else (est_in * price.input + max_tokens * price.output) / 1_000_000
+        deadline = self.deadline
+        if deadline is not None and time.monotonic() > deadline:
+            raise self._fail("wall_time_s", time.monotonic() - self._started, float(lim.timeout_s or 0))
+        if lim.max_model_calls is not None and self.model_calls + self._reserved_calls + 1 > lim.max_model_calls:
+            raise self._fail("model_calls", self.model_calls + self._reserved_calls + 1, lim.max_model_calls)
+        if lim.budget_usd is not None and self.cost_usd + self._reserved_usd + usd > lim.budget_usd:
+            raise self._fail("usd", round(self.cost_usd + self._reserved_usd + usd, 6), lim.budget_usd)
+        total_in = self.usage.total_input_tokens + self._reserved_in + est_in
+        total_out = self.usage.output_tokens + self._reserved_out + max_tokens
+        if lim.budget_input_tokens is not None and total_in > lim.budget_input_tokens:
+            raise self._fail("input_tokens", total_in, lim.budget_input_tokens)
+        if lim.budget_output_tokens is not None and total_out > lim.budget_output_tokens:
+            raise self._fail("output_tokens", total_out, lim.budget_output_tokens)
+        if lim.budget_tokens is not None and total_in + total_out > lim.budget_tokens:
+            raise self._fail("tokens", total_in + total_out, lim.budget_tokens)
+        self._reserved_usd += usd
+        self._reserved_in += est_in
+        self._reserved_out += max_tokens
+        self._reserved_calls += 1
+        if self._on_check:
+            self._on_check("usd", self.cost_usd + self._reserved_usd, lim.budget_usd, True)
+        return Reservation(model, est_in, max_tokens, usd)
+
+    def release(self, r: Reservation) -> None:
+        self._reserved_usd -= r.usd
+        self._reserved_in -= r.input_tokens
+        self._reserved_out -= r.output_tokens
+        self._reserved_calls -= 1
+
+    def settle(self, r: Reservation | None, usage: Usage, cost_usd: float | None) -> None:
+        """Release the reservation and book the actual usage of the final response only."""
+        if r is not None:
+            self.release(r)
+        self.usage.add(usage)
+        self.model_calls += 1
+        if cost_usd is None:
+            self.unpriced_calls += 1
+        else:
+            self.cost_usd += cost_usd

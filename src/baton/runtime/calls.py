@@ -1,0 +1,396 @@
+"""The one place where model and tool calls happen.
+
+Every model call passes, in order: journal lookup (replay) -> result cache -> budget
+reservation -> concurrency slot -> rate governor -> circuit breaker -> the adapter,
+inside one retry loop (baton is the only retry owner) -> cost -> journal commit ->
+events. Fallback models are tried when a model's breaker is open or its retries are
+spent. Tool calls get the same treatment minus tokens. Patterns never see any of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from baton.errors import (
+    BatonError,
+    CircuitOpenError,
+    DecisionRequired,
+    ProviderError,
+    ProviderTimeout,
+    ToolError,
+)
+from baton.messages import (
+    ModelRequest,
+    ModelResponse,
+    ToolResultBlock,
+    ToolUseBlock,
+    message_to_dict,
+    response_from_dict,
+    response_to_dict,
+)
+from baton.models.pricing import cost_of
+from baton.observe import events as ev
+from baton.observe.events import Event, EventStream, new_id
+from baton.observe.redact import redact
+from baton.runtime.breaker import BreakerRegistry, counts_as_failure
+from baton.runtime.budget import BudgetTracker
+from baton.runtime.journal import Journal
+from baton.runtime.ratelimit import RateGovernor
+from baton.runtime.retry import RetryPolicy
+from baton.runtime.routing import AUTO, ModelRouter
+from baton.stores.base import StepRecord
+from baton.tools import Tool, ToolContext
+
+if TYPE_CHECKING:
+    from baton.agent import Agent
+    from baton.context import RunContext
+    from baton.models.base import Model
+    from baton.runtime.cache import ResultCache
+
+
+class ReplayDivergence(BatonError):
+    """The workflow asked for a different step than the journal recorded at this position."""
+
+    exit_code = 1
+
+
+@dataclass(slots=True)
+class ModelBinding:
+    """Which adapter serves a model id, and which price table entry its tokens are billed as."""
+
+    model: Model
+    wire_model: str
+    price_as: str
+
+
+def _request_chars(req: ModelRequest) -> int:
+    n = len(req.system) if isinstance(req.system, str) else sum(len(b.get("text", "")) for b in req.system or [])
+    for m in req.messages:
+        for b in m.content:
+            n += len(getattr(b, "text", "") or getattr(b, "content", "") or "") + (
+                len(orjson.dumps(b.input)) if isinstance(b, ToolUseBlock) else 0)
+    for t in req.tools:
+        n += len(t.description) + len(orjson.dumps(t.input_schema))
+    return n
+
+
+@dataclass
+class Runtime:
+    """Everything one execution of a run shares. Built by the engine, used via RunContext."""
+
+    run_id: str
+    journal: Journal | None
+    budget: BudgetTracker
+    events: EventStream
+    bind_model: Any
+    """Callable[[str], ModelBinding]: resolves a model id to an adapter."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
+    governor: RateGovernor = field(default_factory=RateGovernor)
+    cache: ResultCache | None = None
+    cache_ttl_s: float | None = None
+    trace_id: str = field(default_factory=lambda: new_id(16))
+    run_span: str = field(default_factory=new_id)
+    sleep: Any = asyncio.sleep
+    replay_only: bool = False
+    """Replay mode: any step missing from the journal is a divergence; nothing is executed."""
+    router: ModelRouter = field(default_factory=ModelRouter)
+    _slots: asyncio.Semaphore | None = None
+    _warm: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(max(1, self.budget.limits.concurrency))
+
+    # --- events ---------------------------------------------------------------
+
+    def emit(self, kind: str, span: str, parent: str | None, data: dict[str, Any]) -> None:
+        if self.events.active:
+            self.events.emit(Event(kind, self.run_id, self.trace_id, span, parent, data))
+
+    def _replayed(self, rec: StepRecord, span: str | None) -> None:
+        self.emit(ev.STEP_REPLAYED, new_id(), span, {"key": rec.key, "kind": rec.kind, "name": rec.name})
+
+    def check_replay(self, key: str, kind: str, name: str) -> StepRecord | None:
+        """The completed record at ``key``, after checking it is the same step."""
+        if self.journal is None:
+            return None
+        rec = self.journal.completed(key)
+        if rec is not None and (rec.kind != kind or rec.name != name):
+            raise ReplayDivergence(
+                f"workflow diverged from the journal at step {key}: journal has {rec.kind} {rec.name!r}, "
+                f"the workflow now asks for {kind} {name!r}")
+        if rec is None and self.replay_only:
+            raise ReplayDivergence(f"workflow diverged from the journal at step {key}: the journal has no "
+                                   f"record there, the workflow now asks for {kind} {name!r}")
+        return rec
+
+    async def commit(self, record: StepRecord) -> None:
+        if self.journal is not None:
+            # Registered secrets and API keys never reach the store, even inside model output.
+            record.result = redact(record.result)
+            await self.journal.commit(record)
+
+    # --- model calls ------------------------------------------------------------
+
+    async def model_call(self, ctx: RunContext, agent: Agent, key: str,
+                         request: ModelRequest) -> tuple[ModelResponse, float | None]:
+        rec = self.check_replay(key, "model", agent.name)
+        if rec is not None:
+            self._replayed(rec, ctx.span_id)
+            return response_from_dict(rec.result), rec.cost_usd
+        if request.model == AUTO:
+            chosen = self.router.choose(agent.task_type, request.messages[0].text if request.messages else "")
+            request = _with_model(request, chosen)
+        candidates = [request.model, *agent.fallback_models]
+        failures: list[str] = []
+        for i, model_id in enumerate(candidates):
+            binding = self.bind_model(model_id)
+            target = f"{binding.model.provider}:{binding.wire_model}"
+            if self.breakers.get(target).state == "open":
+                failures.append(f"{model_id}: circuit open")
+                continue
+            try:
+                return await self._attempts(ctx, agent, key, request, binding, model_id, target)
+            except (ProviderError, CircuitOpenError) as exc:
+                failures.append(f"{model_id}: {exc}")
+                last = i + 1 == len(candidates)
+                if last or (isinstance(exc, ProviderError) and not exc.retryable):
+                    raise
+        raise CircuitOpenError(f"no model available for agent {agent.name!r}: " + "; ".join(failures),
+                               target=candidates[-1])
+
+    async def _attempts(self, ctx: RunContext, agent: Agent, key: str, request: ModelRequest,
+                        binding: ModelBinding, model_id: str, target: str) -> tuple[ModelResponse, float | None]:
+        policy: RetryPolicy = agent.retry or self.retry
+        breaker = self.breakers.get(target)
+        wire = request if binding.wire_model == request.model else _with_model(request, binding.wire_model)
+        cache_key = self._cache_key(agent, wire) if self.cache is not None else None
+        if cache_key is not None and self.cache is not None:
+            hit = await self.cache.get(cache_key)
+            if hit is not None:
+                response = response_from_dict(hit)
+                await self.commit(StepRecord(self.run_id, key, "model", agent.name, "completed",
+                                             result=hit, started_at=time.time(), ended_at=time.time(),
+                                             usage={}, cost_usd=0.0,
+                                             meta={"model": model_id, "cache_hit": True,
+                                                   "prompt_version": agent.prompt_version}))
+                self.emit(ev.CACHE_HIT, new_id(), ctx.span_id, {"agent": agent.name, "model": model_id, "key": key})
+                return response, 0.0
+        if not agent.cache_prompt:
+            return await self._attempt_loop(ctx, agent, key, wire, binding, model_id, breaker, policy, cache_key)
+        # A prompt-cache entry is readable only once the first response has begun: let the first
+        # call with this prefix go alone and release the rest of a fan-out when it answers.
+        gate = self._warm.get(agent.prompt_version)
+        if gate is None:
+            gate = self._warm[agent.prompt_version] = asyncio.Event()
+            try:
+                return await self._attempt_loop(ctx, agent, key, wire, binding, model_id, breaker, policy, cache_key)
+            finally:
+                gate.set()
+        await gate.wait()
+        return await self._attempt_loop(ctx, agent, key, wire, binding, model_id, breaker, policy, cache_key)
+
+    async def _attempt_loop(self, ctx: RunContext, agent: Agent, key: str, wire: ModelRequest,
+                            binding: ModelBinding, model_id: str, breaker: Any, policy: RetryPolicy,
+                            cache_key: str | None) -> tuple[ModelResponse, float | None]:
+        chars = _request_chars(wire)
+        attempt = 0
+        started = time.time()
+        while True:
+            attempt += 1
+            reservation = self.budget.reserve(model_id, chars, wire.max_tokens, price_as=binding.price_as)
+            try:
+                breaker.check()  # open: fail fast (CircuitOpenError); half-open: this call is the probe
+            except CircuitOpenError:
+                self.budget.release(reservation)
+                raise
+            span = new_id()
+            t0 = time.perf_counter()
+            assert self._slots is not None
+            try:
+                async with self._slots:
+                    waited = await self.governor.acquire(binding.price_as, input_tokens=reservation.input_tokens,
+                                                         output_tokens=wire.max_tokens, priority=ctx.priority)
+                    if waited:
+                        self.emit(ev.RATE_LIMIT_WAIT, new_id(), ctx.span_id,
+                                  {"model": model_id, "wait_s": waited, "priority": ctx.priority})
+                    if self.events.active:
+                        data: dict[str, Any] = {"agent": agent.name, "model": model_id, "key": key,
+                                                "provider": binding.model.provider,
+                                                "prompt_version": agent.prompt_version, "attempt": attempt,
+                                                "max_tokens": wire.max_tokens,
+                                                "messages": [message_to_dict(m) for m in wire.messages]}
+                        self.emit(ev.MODEL_REQUEST, span, ctx.span_id, data)
+                    t0 = time.perf_counter()
+                    timeout = wire.timeout_s
+                    try:
+                        if timeout is None:
+                            response = await binding.model.complete(wire)
+                        else:
+                            response = await asyncio.wait_for(binding.model.complete(wire), timeout)
+                    except TimeoutError as exc:
+                        raise ProviderTimeout(f"model call to {model_id} timed out after {timeout}s",
+                                              provider=binding.model.provider) from exc
+            except ProviderError as exc:
+                self.budget.release(reservation)
+                self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens, actual_input=0,
+                                     estimated_output=wire.max_tokens, actual_output=0)
+                if exc.status == 429 and exc.retry_after:
+                    self.governor.penalize(binding.price_as, exc.retry_after)
+                if counts_as_failure(exc, count_rate_limits=False):
+                    breaker.record_failure()
+                else:
+                    breaker.release()
+                self.emit(ev.MODEL_ERROR, span, ctx.span_id,
+                          {"agent": agent.name, "model": model_id, "key": key, "error_type": exc.error_type,
+                           "status": exc.status, "retryable": exc.retryable,
+                           "latency_s": time.perf_counter() - t0})
+                delay = policy.delay_for(attempt, exc, now=time.monotonic(), deadline=self.budget.deadline)
+                if delay is None or breaker.state == "open":
+                    raise
+                self.emit(ev.RETRY, new_id(), ctx.span_id, {"agent": agent.name, "target": model_id,
+                                                            "attempt": attempt, "delay_s": delay,
+                                                            "error_type": exc.error_type})
+                await self.sleep(delay)
+                continue
+            except BaseException:
+                self.budget.release(reservation)
+                breaker.release()
+                raise
+            latency = time.perf_counter() - t0
+            breaker.record_success()
+            usage = response.usage
+            cost = cost_of(binding.price_as, usage)
+            self.budget.settle(reservation, usage, cost)
+            self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens,
+                                 actual_input=usage.input_tokens + usage.cache_creation_input_tokens,
+                                 estimated_output=wire.max_tokens, actual_output=usage.output_tokens)
+            if response.headers:
+                self.governor.observe_headers(binding.price_as, response.headers)
+            result = response_to_dict(response)
+            await self.commit(StepRecord(
+                self.run_id, key, "model", agent.name, "completed", result=result, started_at=started,
+                ended_at=time.time(), usage=usage.to_dict(), cost_usd=cost or 0.0, attempts=attempt,
+                meta={"model": model_id, "prompt_version": agent.prompt_version, "latency_s": latency,
+                      "stop_reason": response.stop_reason, "priced": cost is not None}))
+            if cache_key is not None and self.cache is not None:
+                await self.cache.put(cache_key, result, self.cache_ttl_s)
+            if self.events.active:
+                self.emit(ev.MODEL_RESPONSE, span, ctx.span_id, {
+                    "agent": agent.name, "model": model_id, "key": key, "prompt_version": agent.prompt_version,
+                    "usage": usage.to_dict(), "cost_usd": cost, "latency_s": latency,
+                    "stop_reason": response.stop_reason, "request_id": response.request_id,
+                    "output": result["content"]})
+            return response, cost
+
+    def _cache_key(self, agent: Agent, req: ModelRequest) -> str:
+        from baton.runtime.cache import cache_key
+
+        return cache_key(model=req.model, prompt_version=agent.prompt_version,
+                         messages=[message_to_dict(m) for m in req.messages],
+                         tools=[{"name": t.name, "schema": t.input_schema} for t in req.tools],
+                         output_schema=req.output_schema, temperature=req.temperature, max_tokens=req.max_tokens)
+
+    # --- tool calls ---------------------------------------------------------------
+
+    async def run_tools(self, ctx: RunContext, agent: Agent, prefix: str, uses: list[ToolUseBlock],
+                        tools: dict[str, Tool]) -> list[ToolResultBlock]:
+        """Run every requested tool concurrently; results come back in request order."""
+        calls = [self.tool_call(ctx, agent, f"{prefix}.{i}", u, tools.get(u.name)) for i, u in enumerate(uses)]
+        if len(calls) == 1:
+            return [await calls[0]]
+        return list(await asyncio.gather(*calls))
+
+    async def tool_call(self, ctx: RunContext, agent: Agent, key: str, use: ToolUseBlock,
+                        tool: Tool | None) -> ToolResultBlock:
+        if tool is None:
+            # Least privilege: a tool the agent was not given is never executed.
+            self.emit(ev.TOOL_DENIED, new_id(), ctx.span_id, {"agent": agent.name, "tool": use.name})
+            return ToolResultBlock(use.id, f"Error: tool {use.name!r} is not available to agent {agent.name!r}.",
+                                   is_error=True)
+        rec = self.check_replay(key, "tool", tool.name)
+        if rec is not None:
+            self._replayed(rec, ctx.span_id)
+            return ToolResultBlock(use.id, str(rec.result["content"]), bool(rec.result.get("is_error")))
+        if self.journal is not None and not tool.idempotent:
+            prior = self.journal.get(key)
+            started_before = prior.attempts if prior is not None and prior.status == "started" else 0
+            if started_before:
+                # Each crash while in flight needs its own decision: approving one re-run
+                # does not approve the re-run after the next crash.
+                dkey = f"{key}#decision" if started_before == 1 else f"{key}#decision-{started_before}"
+                decision = self.journal.completed(dkey)
+                if decision is None:
+                    raise DecisionRequired(
+                        f"non-idempotent tool {tool.name!r} (step {key}) was in flight when the run stopped; its "
+                        f"outcome is unknown, so it is not re-run blindly. Decide with: baton approve "
+                        f"{self.run_id} {dkey} --approve (run it again) or --reject (report it failed)",
+                        step=dkey)
+                if not decision.result.get("approved"):
+                    edit = decision.result.get("edit")
+                    content = edit if edit is not None else f"tool {tool.name!r} outcome unknown after a crash; not re-run"
+                    block = ToolResultBlock(use.id, str(content), is_error=edit is None)
+                    await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "completed",
+                                                 result={"content": block.content, "is_error": block.is_error},
+                                                 started_at=time.time(), ended_at=time.time()))
+                    return block
+            await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "started", started_at=time.time(),
+                                         attempts=started_before + 1, meta={"idempotent": False}))
+        span = new_id()
+        self.emit(ev.TOOL_CALL, span, ctx.span_id, {"agent": agent.name, "tool": tool.name, "key": key,
+                                                    "call_id": use.id, "input": use.input})
+        started = time.time()
+        t0 = time.perf_counter()
+        breaker = self.breakers.get(f"tool:{tool.name}")
+        tctx = ToolContext(run_id=self.run_id, agent=agent.name, step_key=key,
+                           idempotency_key=f"{self.run_id}:{key}", state=ctx.state)
+        attempt = 0
+        while True:
+            attempt += 1
+            if not breaker.allow():
+                content, is_error = f"Error: tool {tool.name!r} is unavailable (circuit open); try later.", True
+                break
+            try:
+                out = await tool.invoke(use.input, tctx)
+            except ToolError as exc:
+                if counts_as_failure(exc):
+                    breaker.record_failure()
+                else:
+                    breaker.release()
+                delay = self.retry.delay_for(attempt, exc, now=time.monotonic(), deadline=self.budget.deadline,
+                                             retry_tool_errors=True) if tool.retryable else None
+                if delay is not None:
+                    self.emit(ev.RETRY, new_id(), ctx.span_id, {"agent": agent.name, "target": tool.name,
+                                                                "attempt": attempt, "delay_s": delay,
+                                                                "error_type": "tool_error"})
+                    await self.sleep(delay)
+                    continue
+                content, is_error = f"Error: {exc}", True
+                break
+            except BaseException:
+                breaker.release()
+                raise
+            breaker.record_success()
+            content = out if isinstance(out, str) else orjson.dumps(out).decode()
+            is_error = False
+            break
+        duration = time.perf_counter() - t0
+        await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "completed",
+                                     result={"content": content, "is_error": is_error}, started_at=started,
+                                     ended_at=time.time(), attempts=attempt,
+                                     meta={"agent": agent.name, "idempotent": tool.idempotent}))
+        self.emit(ev.TOOL_RESULT, span, ctx.span_id, {"agent": agent.name, "tool": tool.name, "key": key,
+                                                      "call_id": use.id, "is_error": is_error, "duration_s": duration,
+                                                      "output": content})
+        return ToolResultBlock(use.id, content, is_error)
+
+
+def _with_model(req: ModelRequest, model: str) -> ModelRequest:
+    from dataclasses import replace
+
+    return replace(req, model=model)

@@ -1,0 +1,383 @@
+"""Run lifecycle: record the run, own it, execute the workflow over the journal, settle.
+
+A run is written to the store (status ``pending``) before any work starts, so an
+accepted run is never silently lost. Its status then says exactly where it stands:
+succeeded, failed, budget_exceeded, awaiting_approval, interrupted or cancelled; every
+status but succeeded/cancelled can be resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.errors import (
+    BatonError,
+    BudgetExceeded,
+    RunOwnedElsewhere,
+    RunSuspended,
+    UsageError,
+)
+from baton.messages import Usage
+from baton.observe import events as ev
+from baton.observe.events import EventStream, Sink, new_id
+from baton.runtime.breaker import BreakerRegistry
+from baton.runtime.budget import BudgetTracker, Limits
+from baton.runtime.calls import ModelBinding, ReplayDivergence, Runtime
+from baton.runtime.journal import Journal
+from baton.runtime.ownership import HEARTBEAT_S, LEASE_S, describe, new_owner, owner_is_dead
+from baton.runtime.ratelimit import RateGovernor, RateLimits
+from baton.runtime.retry import RetryPolicy
+from baton.stores import open_store
+from baton.stores.base import Owner, RunRecord, StepRecord, Store
+
+Workflow = Callable[..., Awaitable[Any]]
+
+_GOVERNOR: RateGovernor | None = None
+
+
+def shared_governor() -> RateGovernor:
+    """The process-wide rate governor: every run and agent in this process shares its buckets."""
+    global _GOVERNOR
+    if _GOVERNOR is None:
+        _GOVERNOR = RateGovernor()
+    return _GOVERNOR
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    status: str
+    output: Any = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    model_calls: int = 0
+    duration_s: float = 0.0
+    error: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--json`` object of DESIGN.md."""
+        return {"run_id": self.run_id, "status": self.status, "output": self.output, "usage": self.usage.to_dict(),
+                "cost_usd": round(self.cost_usd, 6), "model_calls": self.model_calls,
+                "duration_s": round(self.duration_s, 3), "error": self.error}
+
+
+def workflow_ref(workflow: Any) -> str:
+    ref = getattr(workflow, "baton_ref", None)
+    if isinstance(ref, str):
+        return ref
+    module, qualname = getattr(workflow, "__module__", None), getattr(workflow, "__qualname__", None)
+    if not module or not qualname or "<locals>" in qualname or module == "__main__":
+        return f"unresolvable:{qualname or workflow!r}"
+    return f"py:{module}:{qualname}"
+
+
+def load_workflow(ref: str) -> Any:
+    """Find a workflow again from its stored reference (for resume)."""
+    kind, _, rest = ref.partition(":")
+    if kind == "yaml":
+        from baton.spec import load_workflow_file
+
+        return load_workflow_file(rest)
+    if kind == "py":
+        module, _, qualname = rest.partition(":")
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        return obj
+    raise UsageError(f"cannot find the workflow of this run again ({ref!r}); pass it explicitly to resume")
+
+
+async def _with_wall_time(work: Awaitable[Any], timeout_s: float | None) -> Any:
+    """Run the workflow within the run's wall-time budget; a stalled tool cannot outlast it."""
+    if timeout_s is None:
+        return await work
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await work
+    except TimeoutError as exc:
+        raise BudgetExceeded(f"wall_time_s budget exceeded: the run took longer than {timeout_s:g}s",
+                             limit="wall_time_s", spent=timeout_s, allowed=timeout_s) from exc
+
+
+def _json_output(value: Any) -> Any:
+    from baton.agent import AgentResult
+    from baton.schema import jsonable
+
+    if isinstance(value, AgentResult):
+        return value.output_json()
+    return jsonable(value)
+
+
+def _status_for(exc: BaseException) -> str:
+    if isinstance(exc, BudgetExceeded):
+        return "budget_exceeded"
+    if isinstance(exc, RunSuspended):
+        return "awaiting_approval"
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return "interrupted"
+    return "failed"
+
+
+def _error_dict(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, BatonError):
+        return exc.to_dict()
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return {"type": "Interrupted", "message": "the run was interrupted; resume it with baton resume"}
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+@dataclass
+class Engine:
+    """Options shared by run/resume/replay. Most users call ``baton.run`` instead."""
+
+    store: Store | str | None = None
+    model: Any = None
+    """One Model for every agent (tests: a ScriptedModel)."""
+    models: Mapping[str, Any] | None = None
+    """Model id -> Model, consulted before ``model`` and the provider."""
+    provider: str | None = None
+    sinks: list[Sink] = field(default_factory=list)
+    retry: RetryPolicy | None = None
+    governor: RateGovernor | None = None
+    breakers: BreakerRegistry | None = None
+    cache: Any = None
+    cache_ttl_s: float | None = None
+    durable: bool = True
+    """False: keep no journal (benchmarks of the bare call path)."""
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    def _binder(self) -> Callable[[str], ModelBinding]:
+        bound: dict[str, ModelBinding] = {}
+        provider = self.provider
+
+        def bind(model_id: str) -> ModelBinding:
+            b = bound.get(model_id)
+            if b is None:
+                if self.models and model_id in self.models:
+                    b = ModelBinding(self.models[model_id], model_id, model_id)
+                elif self.model is not None:
+                    b = ModelBinding(self.model, model_id, model_id)
+                else:
+                    from baton.models.resolve import get_model, model_for_provider, resolve_provider
+
+                    nonlocal provider
+                    provider = provider or resolve_provider(None)
+                    b = ModelBinding(get_model(provider, model_id), model_for_provider(provider, model_id), model_id)
+                bound[model_id] = b
+            return b
+
+        return bind
+
+    async def _store(self) -> Store:
+        store = self.store if self.store is not None and not isinstance(self.store, str) else open_store(self.store)
+        await store.open()
+        return store
+
+    async def run(self, workflow: Workflow, input: Any = None, *, run_id: str | None = None,
+                  limits: Limits | None = None, metadata: dict[str, Any] | None = None) -> RunResult:
+        store = await self._store()
+        try:
+            limits = limits or getattr(workflow, "limits", None) or Limits()
+            record = RunRecord(run_id=run_id or new_id(8), workflow=workflow_ref(workflow), input=input,
+                               limits=limits.to_dict(), metadata=dict(metadata or {}))
+            await store.create_run(record)  # durable before any work starts
+            return await self._execute(store, record, workflow, limits, force=False)
+        finally:
+            if not isinstance(self.store, Store):
+                await store.close()
+
+    async def resume(self, run_id: str, workflow: Workflow | None = None, *, force: bool = False,
+                     **limit_overrides: Any) -> RunResult:
+        store = await self._store()
+        try:
+            record = await store.get_run(run_id)
+            if record.status in ("succeeded", "cancelled"):
+                raise UsageError(f"run {run_id} is {record.status}; there is nothing to resume")
+            workflow = workflow or load_workflow(record.workflow)
+            limits = Limits.from_dict(record.limits).merged(**limit_overrides)
+            record.limits = limits.to_dict()
+            return await self._execute(store, record, workflow, limits, force=force)
+        finally:
+            if not isinstance(self.store, Store):
+                await store.close()
+
+    async def cancel(self, run_id: str, *, force: bool = False, reason: str | None = None) -> RunRecord:
+        """Mark a stopped run cancelled (terminal: it will not be resumed). A run a live
+        process is executing is refused unless ``force``."""
+        store = await self._store()
+        try:
+            record = await store.get_run(run_id)
+            if record.status in ("succeeded", "cancelled"):
+                raise UsageError(f"run {run_id} is already {record.status}")
+            if record.owner is not None and not force and not owner_is_dead(record.owner):
+                raise RunOwnedElsewhere(f"run {run_id} is being executed by {describe(record.owner)}; "
+                                        f"stop it first or pass --force")
+            record.status, record.owner = "cancelled", None
+            await store.update_run(record, transition="cancelled", detail={"reason": reason} if reason else {})
+            return record
+        finally:
+            if not isinstance(self.store, Store):
+                await store.close()
+
+    async def replay(self, run_id: str, workflow: Workflow | None = None) -> RunResult:
+        """Re-execute the workflow against the journal with no model or tool calls.
+
+        Raises ``ReplayDivergence`` naming the first step where the code and the journal differ.
+        """
+        store = await self._store()
+        try:
+            record = await store.get_run(run_id)
+            workflow = workflow or load_workflow(record.workflow)
+            journal = Journal(store, run_id)
+            await journal.load()
+
+            def no_models(model_id: str) -> ModelBinding:
+                raise ReplayDivergence(f"replay would call model {model_id!r}: the journal has no result for it")
+
+            limits = Limits.from_dict(record.limits)
+            runtime = Runtime(run_id, None, BudgetTracker(limits), EventStream(), no_models, replay_only=True)
+            runtime.journal = _ReadOnlyJournal(journal)
+            from baton.context import RunContext
+
+            t0 = time.monotonic()
+            output = _json_output(await workflow(RunContext(runtime, input=record.input), record.input))
+            if record.status == "succeeded" and output != record.output:
+                raise ReplayDivergence(f"replay of run {run_id} produced a different output than the recorded one")
+            return RunResult(run_id, "replayed", output, duration_s=time.monotonic() - t0)
+        finally:
+            if not isinstance(self.store, Store):
+                await store.close()
+
+    async def _claim(self, store: Store, record: RunRecord, force: bool) -> Owner:
+        owner = new_owner()
+        current = record.owner
+        if current is not None and not force and not owner_is_dead(current):
+            raise RunOwnedElsewhere(f"run {record.run_id} is being executed by {describe(current)}; "
+                                    f"wait for it or pass --force to take it over")
+        expected = current.token if current else None
+        if not await store.claim_run(record.run_id, owner, expected_token=expected):
+            raise RunOwnedElsewhere(f"run {record.run_id} was just taken over by another process")
+        record.owner = owner
+        return owner
+
+    async def _heartbeat(self, store: Store, run_id: str, owner: Owner) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            renewed = Owner(owner.host, owner.pid, owner.token, time.time() + LEASE_S)
+            with contextlib.suppress(Exception):
+                if await store.claim_run(run_id, renewed, expected_token=owner.token):
+                    owner.lease_until = renewed.lease_until
+
+    async def _execute(self, store: Store, record: RunRecord, workflow: Workflow, limits: Limits,
+                       *, force: bool) -> RunResult:
+        from baton.context import RunContext
+
+        owner = await self._claim(store, record, force)
+        journal = Journal(store, record.run_id) if self.durable else None
+        spent, spent_usd, calls = Usage(), 0.0, 0
+        if journal is not None:
+            await journal.load()
+            for step in journal.steps.values():
+                if step.kind == "model" and step.status == "completed":
+                    spent.add(Usage.from_dict(step.usage))
+                    spent_usd += step.cost_usd
+                    calls += 1
+        events = EventStream(list(self.sinks))
+        governor = self.governor or shared_governor()
+        for key, value in (getattr(workflow, "rate_limits", None) or {}).items():
+            governor.set_limits(key, value if isinstance(value, RateLimits) else RateLimits.from_dict(value))
+        runtime = Runtime(
+            record.run_id, journal, BudgetTracker(limits, spent=spent, spent_usd=spent_usd, model_calls=calls),
+            events, self._binder(), retry=self.retry or getattr(workflow, "retry", None) or RetryPolicy(),
+            breakers=self.breakers or BreakerRegistry(), governor=governor, cache=self.cache,
+            cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
+        )
+        runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(
+            ev.BUDGET_CHECK, new_id(), runtime.run_span, {"limit": limit, "spent": spent_, "allowed": allowed, "ok": ok}
+        ) if not ok else None
+        record.status = "running"
+        record.error = None
+        await store.update_run(record, transition="running", detail={"owner": owner.to_dict()})
+        runtime.emit(ev.RUN_START, runtime.run_span, None, {"workflow": record.workflow, "run_id": record.run_id})
+        heartbeat = asyncio.create_task(self._heartbeat(store, record.run_id, owner))
+        t0 = time.monotonic()
+        ctx = RunContext(runtime, input=record.input)
+        status, output, error = "failed", None, None
+        pending: BaseException | None = None
+        try:
+            output = _json_output(await _with_wall_time(workflow(ctx, record.input), limits.timeout_s))
+            status = "succeeded"
+        except (Exception, asyncio.CancelledError, KeyboardInterrupt) as exc:
+            status, error = _status_for(exc), _error_dict(exc)
+            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                pending = exc
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeat
+        with contextlib.suppress(Exception):
+            if journal is not None:
+                await journal.drain()
+        budget = runtime.budget
+        record.status = status  # type: ignore[assignment]
+        record.output, record.error = output, error
+        record.usage, record.cost_usd, record.model_calls = budget.usage.to_dict(), budget.cost_usd, budget.model_calls
+        record.owner = None  # released: the next resume needs no takeover
+        await store.update_run(record, transition=status, detail={"error": error} if error else {})
+        duration = time.monotonic() - t0
+        runtime.emit(ev.RUN_END, runtime.run_span, None, {
+            "status": status, "duration_s": duration, "usage": budget.usage.to_dict(), "cost_usd": budget.cost_usd,
+            "model_calls": budget.model_calls, "error": error})
+        events.close()
+        if pending is not None:
+            raise pending
+        return RunResult(record.run_id, status, output, budget.usage, budget.cost_usd, budget.model_calls,
+                         duration, error)
+
+
+class _ReadOnlyJournal(Journal):
+    """A journal view for replay: reads the recorded steps, writes nothing."""
+
+    def __init__(self, source: Journal) -> None:
+        super().__init__(source.store, source.run_id)
+        self.steps = source.steps
+
+    async def commit(self, record: StepRecord) -> None:
+        return None
+
+
+async def decide(run_id: str, step_key: str, *, approved: bool, edit: Any = None, by: str | None = None,
+                 note: str | None = None, store: Store | str | None = None) -> None:
+    """Record a human decision for a step awaiting approval (the run continues on resume)."""
+    st = store if store is not None and not isinstance(store, str) else open_store(store)
+    await st.open()
+    try:
+        record = await st.get_run(run_id)
+        steps = {s.key: s for s in await st.load_steps(run_id)}
+        pending = steps.get(step_key)
+        is_tool_decision = "#decision" in step_key
+        if not is_tool_decision and (pending is None or pending.kind != "approval"):
+            waiting = [k for k, s in steps.items() if s.kind == "approval" and s.status == "started"]
+            raise UsageError(f"run {run_id} has no approval step {step_key!r}; waiting: {waiting or 'none'}")
+        if pending is not None and pending.status == "completed":
+            raise UsageError(f"step {step_key!r} of run {run_id} was already decided")
+        name = pending.name if pending is not None else step_key
+        await st.put_steps([StepRecord(run_id, step_key, "approval", name, "completed",
+                                       result={"approved": approved, "edit": edit, "by": by, "note": note},
+                                       started_at=pending.started_at if pending else time.time(),
+                                       ended_at=time.time())])
+        await st.update_run(record, transition="decided",
+                            detail={"step": step_key, "approved": approved, "by": by})
+    finally:
+        if not isinstance(store, Store):
+            await st.close()

@@ -1,0 +1,111 @@
+"""Retry policy: which failures are worth another attempt, and how long to wait first.
+
+baton is the one retry owner (provider SDK retries are off), so this module decides for
+every model and tool call. Backoff is exponential with full jitter; a server's
+``retry-after`` is a floor (never retry earlier than the server asked), capped so a
+hostile or buggy upstream cannot stall a run; a deadline turns "sleep past it" into
+"give up now".
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from baton.errors import ProviderError, ProviderTimeout, ToolError, WorkflowError
+from baton.schema import settings_from_mapping
+
+_RNG = random.Random()
+
+
+def is_retryable(error: BaseException, *, retry_timeouts: bool = True, retry_tool_errors: bool = False) -> bool:
+    """Whether another attempt could succeed.
+
+    ``ProviderError.retryable`` is the adapter's verdict (429/5xx/529/408/409, ``x-should-retry``,
+    spend-limit 429 = never). Timeouts only when ``retry_timeouts``; a ``ToolError`` only when the
+    tool declared itself retryable (``retry_tool_errors``). Everything else is final.
+    """
+    if isinstance(error, ProviderTimeout | TimeoutError):  # asyncio.TimeoutError is TimeoutError on 3.11
+        return retry_timeouts
+    if isinstance(error, ProviderError):
+        return error.retryable
+    if isinstance(error, ToolError):
+        return retry_tool_errors
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many attempts a call gets and the backoff between them."""
+
+    max_attempts: int = 4
+    """Total attempts including the first; 1 disables retries."""
+    initial_delay_s: float = 0.5
+    """Upper bound of the first jittered delay."""
+    max_delay_s: float = 8.0
+    """Upper bound of any backoff delay (a server retry-after may exceed it)."""
+    multiplier: float = 2.0
+    """Growth of the delay bound per attempt."""
+    max_retry_after_s: float = 60.0
+    """A server retry-after above this is capped to it."""
+    retry_timeouts: bool = True
+    """Retry calls that got no answer in time."""
+
+    def __post_init__(self) -> None:
+        checks: list[tuple[str, bool, str]] = [
+            ("max_attempts", isinstance(self.max_attempts, int) and not isinstance(self.max_attempts, bool)
+             and self.max_attempts >= 1, "an integer >= 1"),
+            ("initial_delay_s", _is_number(self.initial_delay_s) and self.initial_delay_s >= 0, "a number >= 0"),
+            ("max_delay_s", _is_number(self.max_delay_s) and self.max_delay_s >= 0, "a number >= 0"),
+            ("multiplier", _is_number(self.multiplier) and self.multiplier >= 1, "a number >= 1"),
+            ("max_retry_after_s", _is_number(self.max_retry_after_s) and self.max_retry_after_s >= 0,
+             "a number >= 0"),
+            ("retry_timeouts", isinstance(self.retry_timeouts, bool), "true or false"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise WorkflowError(f"must be {expected}, got {getattr(self, name)!r}", field=f"retry.{name}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "retry") -> RetryPolicy:
+        """Build from the YAML ``retry:`` mapping; unknown keys and bad values raise ``WorkflowError``."""
+        return settings_from_mapping(cls, d, where=where, what="retry settings")
+
+    def backoff_bound(self, attempt: int) -> float:
+        """The jitter range ``[0, bound]`` after ``attempt`` attempts: ``min(max, initial * mult**(attempt-1))``."""
+        try:
+            bound = self.initial_delay_s * self.multiplier ** max(attempt - 1, 0)
+        except OverflowError:
+            return self.max_delay_s
+        return min(self.max_delay_s, bound) if math.isfinite(bound) else self.max_delay_s
+
+    def delay_for(self, attempt: int, error: BaseException, *, now: float | None = None,
+                  deadline: float | None = None, rng: random.Random | None = None,
+                  retry_tool_errors: bool = False) -> float | None:
+        """Seconds to sleep before the next attempt, or ``None`` to give up.
+
+        ``attempt`` is the number of attempts already made (1 after the first failure).
+        ``deadline`` is in ``time.monotonic()`` seconds (``now`` defaults to that clock): when
+        sleeping would pass it, there is no point in trying again.
+        """
+        if attempt >= self.max_attempts:
+            return None
+        if not is_retryable(error, retry_timeouts=self.retry_timeouts, retry_tool_errors=retry_tool_errors):
+            return None
+        delay = (rng or _RNG).uniform(0.0, self.backoff_bound(attempt))
+        retry_after = getattr(error, "retry_after", None) if isinstance(error, ProviderError) else None
+        if retry_after is not None and retry_after > 0:
+            delay = max(delay, min(float(retry_after), self.max_retry_after_s))
+        if deadline is not None:
+            current = time.monotonic() if now is None else now
+            if current + delay > deadline:
+                return None
+        return delay
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,136 @@
+"""A worst-case cost bound for a workflow file, from its limits and the price table.
+
+Structure gives the most model calls each pattern can make (turns per agent call,
+re-plans, rounds, messages); each call is priced at the agent's ``max_tokens`` of
+output plus an assumed input size. The run's own limits (``max_model_calls``,
+``budget_usd``) cap the result, since the runtime enforces them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.agent import Agent
+from baton.models.pricing import price_for
+
+DEFAULT_INPUT_TOKENS = 8000
+
+
+@dataclass
+class Bound:
+    calls: float = 0.0
+    usd: float = 0.0
+    unpriced: set[str] = field(default_factory=set)
+    per_item: bool = False
+    """True when the bound is per input item (fan_out over lines/json)."""
+
+    def __add__(self, o: Bound) -> Bound:
+        return Bound(self.calls + o.calls, self.usd + o.usd, self.unpriced | o.unpriced, self.per_item or o.per_item)
+
+    def times(self, n: float) -> Bound:
+        return Bound(self.calls * n, self.usd * n, set(self.unpriced), self.per_item)
+
+    @staticmethod
+    def worst(items: list[Bound]) -> Bound:
+        if not items:
+            return Bound()
+        top = max(items, key=lambda b: (b.usd, b.calls))
+        out = Bound(top.calls, top.usd, set().union(*(b.unpriced for b in items)), any(b.per_item for b in items))
+        return out
+
+
+def _agent(agent: Agent | None, input_tokens: int) -> Bound:
+    if agent is None:
+        return Bound()
+    price = price_for(agent.model)
+    calls = float(agent.max_turns)
+    if price is None:
+        return Bound(calls, 0.0, {agent.model})
+    per_call = (input_tokens * price.input + agent.max_tokens * price.output) / 1_000_000
+    return Bound(calls, per_call * calls)
+
+
+def _target(t: Any, input_tokens: int) -> Bound:
+    if isinstance(t, Agent):
+        return _agent(t, input_tokens)
+    wf = getattr(t, "spec", None)
+    if isinstance(wf, dict) and hasattr(t, "agents"):
+        return workflow_bound(t, input_tokens, capped=False)
+    return Bound()
+
+
+def workflow_bound(wf: Any, input_tokens: int = DEFAULT_INPUT_TOKENS, *, capped: bool = True) -> Bound:
+    """The bound of a built ``YamlWorkflow``."""
+    spec = wf.spec["workflow"]
+    agents: dict[str, Agent] = wf.agents
+    nested = {k.rsplit("/", 1)[-1]: v for k, v in wf.nested.items()}
+
+    def ref(r: Any) -> Bound:
+        if isinstance(r, dict) and "workflow" in r:
+            sub = nested.get(r["workflow"].rsplit("/", 1)[-1])
+            return workflow_bound(sub, input_tokens, capped=False) if sub else Bound()
+        return _agent(agents.get(r), input_tokens)
+
+    def agent(name: str | None) -> Bound:
+        return _agent(agents.get(name) if name else None, input_tokens)
+
+    kind = spec["pattern"]
+    if kind == "agent":
+        b = ref(spec["agent"])
+    elif kind == "pipeline":
+        b = Bound()
+        for s in spec["stages"]:
+            if isinstance(s, dict) and ("gate" in s or "name" in s):
+                b = b + ref({k: v for k, v in s.items() if k in ("agent", "workflow")} if "workflow" in s
+                            else s.get("agent")) + agent(s.get("gate"))
+            else:
+                b = b + ref(s)
+    elif kind == "orchestrator":
+        replans = spec.get("max_replans", 2) + 1
+        b = (agent(spec["planner"]).times(replans)
+             + Bound.worst([ref(w) for w in spec["workers"]]).times(spec.get("max_subtasks", 10))
+             + agent(spec.get("synthesizer")))
+    elif kind == "fan_out":
+        if "agents" in spec:
+            b = Bound()
+            for a in spec["agents"]:
+                b = b + ref(a)
+        else:
+            b = ref(spec["each"]["agent"])
+            b.per_item = True
+        b = b + agent(spec.get("aggregator"))
+    elif kind == "router":
+        routes = [ref(r) for r in spec["routes"].values()]
+        if "fallback" in spec:
+            routes.append(ref(spec["fallback"]))
+        b = agent(spec["classifier"]) + Bound.worst(routes)
+    elif kind == "consensus":
+        b = Bound()
+        for v in spec["voters"]:
+            b = b + ref(v)
+        b = b + agent(spec.get("judge"))
+    elif kind == "refine":
+        rounds = spec.get("max_rounds", 3)
+        critics = Bound()
+        for c in spec["critics"]:
+            critics = critics + agent(c)
+        b = agent(spec["drafter"]) + (critics + agent(spec.get("reviser") or spec["drafter"])).times(rounds)
+    elif kind == "bus":
+        handlers = [agent(n) for n in spec["subscriptions"]]
+        b = Bound.worst(handlers).times(spec.get("max_messages", 100))
+    elif kind == "handoffs":
+        b = Bound.worst([agent(n) for n in spec["agents"]]).times(spec.get("max_handoffs", 5) + 1)
+    elif kind == "fallback":
+        b = Bound()
+        for t in spec["chain"]:
+            b = b + ref(t) + agent(spec.get("gate"))
+    else:
+        b = Bound()
+    if capped:
+        limits = wf.limits
+        if limits.max_model_calls is not None and b.calls > limits.max_model_calls and b.calls:
+            b = b.times(limits.max_model_calls / b.calls)
+        if limits.budget_usd is not None and b.usd > limits.budget_usd:
+            b = Bound(b.calls, limits.budget_usd, b.unpriced, b.per_item)
+    return b

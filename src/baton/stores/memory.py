@@ -1,0 +1,92 @@
+"""In-process store: for tests and throwaway runs. Records are copied through JSON,
+so a caller mutating a record it got back cannot change what is stored."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from baton.errors import RunNotFound, UsageError
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition
+
+
+def _copy(value: Any) -> Any:
+    return orjson.loads(orjson.dumps(value))
+
+
+class MemoryStore:
+    def __init__(self, url: str = "memory://") -> None:
+        self.url = url
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._steps: dict[str, dict[str, dict[str, Any]]] = {}
+        self._transitions: dict[str, list[Transition]] = {}
+        self._state: dict[tuple[str, str], tuple[Any, float | None]] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create_run(self, run: RunRecord) -> None:
+        if run.run_id in self._runs:
+            raise UsageError(f"run {run.run_id!r} already exists")
+        self._runs[run.run_id] = _copy(run.to_dict())
+        self._steps[run.run_id] = {}
+        self._transitions[run.run_id] = [Transition(run.run_id, run.status, time.time(), {"created": True})]
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        try:
+            return RunRecord.from_dict(_copy(self._runs[run_id]))
+        except KeyError:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.url}") from None
+
+    async def list_runs(self, limit: int = 50) -> list[RunRecord]:
+        rows = sorted(self._runs.values(), key=lambda r: r["created_at"], reverse=True)[:limit]
+        return [RunRecord.from_dict(_copy(r)) for r in rows]
+
+    async def update_run(self, run: RunRecord, *, transition: str | None = None,
+                         detail: dict[str, Any] | None = None) -> None:
+        if run.run_id not in self._runs:
+            raise RunNotFound(f"no run with id {run.run_id!r} in {self.url}")
+        run.updated_at = time.time()
+        self._runs[run.run_id] = _copy(run.to_dict())
+        if transition:
+            self._transitions[run.run_id].append(Transition(run.run_id, transition, run.updated_at, detail or {}))
+
+    async def claim_run(self, run_id: str, owner: Owner, *, expected_token: str | None) -> bool:
+        row = self._runs.get(run_id)
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+        current = row.get("owner")
+        if (current["token"] if current else None) != expected_token:
+            return False
+        row["owner"] = owner.to_dict()
+        return True
+
+    async def put_steps(self, steps: list[StepRecord]) -> None:
+        # Encode the whole batch first: a bad record must leave nothing of the batch written.
+        copies = [(s.run_id, s.key, _copy(s.to_dict())) for s in steps]
+        for run_id, key, data in copies:
+            self._steps.setdefault(run_id, {})[key] = data
+
+    async def load_steps(self, run_id: str) -> list[StepRecord]:
+        return [StepRecord.from_dict(_copy(d)) for d in self._steps.get(run_id, {}).values()]
+
+    async def transitions(self, run_id: str) -> list[Transition]:
+        return list(self._transitions.get(run_id, []))
+
+    async def put_state(self, namespace: str, key: str, value: Any, ttl_s: float | None = None) -> None:
+        self._state[(namespace, key)] = (_copy(value), time.time() + ttl_s if ttl_s else None)
+
+    async def get_state(self, namespace: str, key: str) -> Any:
+        item = self._state.get((namespace, key))
+        if item is None:
+            return None
+        value, expires = item
+        if expires is not None and expires < time.time():
+            del self._state[(namespace, key)]
+            return None
+        return _copy(value)

@@ -1,0 +1,77 @@
+"""Workflow files: schema, line-accurate errors, and Python/YAML building the same objects."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import baton
+from baton.errors import WorkflowError
+from baton.patterns.orchestrator import Orchestrator
+from baton.spec import load_workflow_file
+from baton.spec.loader import load_yaml
+from baton.spec.schema import SCHEMA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_schema_matches_the_code() -> None:
+    committed = json.loads((ROOT / "schemas" / "workflow-v1.schema.json").read_text())
+    assert committed == json.loads(json.dumps(SCHEMA))
+
+
+def test_yaml_builds_the_same_objects_as_python() -> None:
+    wf = load_workflow_file(ROOT / "examples" / "market_report" / "workflow.yaml")
+    root = wf.root
+    assert isinstance(root, Orchestrator)
+    assert list(root.workers) == ["researcher", "analyst", "critic"]
+    researcher = wf.agents["researcher"]
+    python_researcher = baton.Agent(
+        "researcher", system=researcher.system, model="claude-sonnet-4-6", tools=researcher.tools,
+        description=researcher.description, temperature=0.2, max_tokens=300, max_turns=4)
+    assert researcher.prompt_version == python_researcher.prompt_version
+    assert researcher == python_researcher
+    assert wf.limits == baton.Limits(budget_usd=0.5, max_model_calls=40, timeout_s=900, concurrency=4)
+    assert wf.baton_ref == f"yaml:{ROOT / 'examples' / 'market_report' / 'workflow.yaml'}"
+
+
+def test_duplicate_keys_and_tags_are_rejected_with_lines() -> None:
+    with pytest.raises(WorkflowError) as exc:
+        load_yaml("a: 1\nb: 2\na: 3\n", "f.yaml")
+    assert exc.value.line == 3 and "duplicate key 'a'" in str(exc.value)
+    with pytest.raises(WorkflowError) as exc:
+        load_yaml("a: !!python/object:os.system x\n", "f.yaml")
+    assert exc.value.line == 1
+
+
+def test_nested_workflow_cycle_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("version: 1\nname: a\nagents: {x: {}}\n"
+                                     "workflow: {pattern: pipeline, stages: [x, {workflow: b.yaml}]}\n")
+    (tmp_path / "b.yaml").write_text("version: 1\nname: b\nagents: {y: {}}\n"
+                                     "workflow: {pattern: pipeline, stages: [y, {workflow: a.yaml}]}\n")
+    with pytest.raises(WorkflowError) as exc:
+        load_workflow_file(tmp_path / "a.yaml")
+    assert "nested workflows include each other" in str(exc.value.problems)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "w.yaml"
+    f.write_text("version: 1\nname: w\nagents:\n  judge: {}\n"
+                 "workflow:\n  pattern: consensus\n  voters: [a, b]\n  vote: majority\n  weights: {c: 1}\n")
+    with pytest.raises(WorkflowError) as exc:
+        load_workflow_file(f)
+    fields = {p["field"] for p in exc.value.problems}
+    assert {"workflow.voters[0]", "workflow.voters[1]", "workflow.weights.c"} <= fields
+    assert all(p["file"] == str(f) and p["line"] for p in exc.value.problems)
+
+
+def test_unknown_limit_and_retry_keys(tmp_path: Path) -> None:
+    f = tmp_path / "w.yaml"
+    f.write_text("version: 1\nname: w\nagents:\n  a: {retry: {max_attemps: 3}}\n"
+                 "workflow: {pattern: agent, agent: a}\nlimits: {budget: 3}\n")
+    with pytest.raises(WorkflowError) as exc:
+        load_workflow_file(f)
+    fields = {p["field"] for p in exc.value.problems}
+    assert {"agents.a.retry.max_attemps", "limits.budget"} <= fields
