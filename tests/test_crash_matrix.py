@@ -687,8 +687,6 @@ def test_two_resumes_of_one_run_only_one_executes(baton: Baton, baselines: Any) 
 # --- a displaced owner; a re-run that dies again ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="runtime bug: a displaced owner keeps writing (no fencing token on "
-                                       "put_steps/update_run, heartbeat does not stop the run on a lost claim)")
 def test_owner_displaced_by_force_takeover_stops_writing(baton: Baton, baselines: Any) -> None:
     """``resume --force`` (or an expired lease on another host) takes a run from a live owner.
 

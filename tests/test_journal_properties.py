@@ -183,9 +183,9 @@ class DyingStore:
         return await self.inner.list_runs(limit)
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
-                         detail: dict[str, Any] | None = None) -> None:
+                         detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
         self.world.before_write()
-        await self.inner.update_run(run, transition=transition, detail=detail)
+        await self.inner.update_run(run, transition=transition, detail=detail, owner_token=owner_token)
         self.world.after_write()
 
     async def claim_run(self, run_id: str, owner: Owner, *, expected_token: str | None) -> bool:
@@ -194,9 +194,9 @@ class DyingStore:
         self.world.after_write()
         return ok
 
-    async def put_steps(self, steps: list[StepRecord]) -> None:
+    async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
         self.world.before_write()
-        await self.inner.put_steps(steps)
+        await self.inner.put_steps(steps, owner_token=owner_token)
         self.world.writes.extend(StepRecord.from_dict(s.to_dict()) for s in steps)
         self.world.after_write()
 

@@ -338,11 +338,11 @@ async def test_a_failing_backend_fails_the_waiters_instead_of_hanging_them() -> 
 
         attempts = 0
 
-        async def _attempt(self, pool: Any, model: str, amounts: Any) -> float:
+        async def _attempt(self, pool: Any, model: str, amounts: Any, *, queued: bool = False) -> float:
             self.attempts += 1
             if self.attempts == 2:
                 raise StoreError("shared limiter unreachable")
-            return await super()._attempt(pool, model, amounts)
+            return await super()._attempt(pool, model, amounts, queued=queued)
 
     vt = VirtualTime()
     gov = FlakyGovernor({SONNET: RateLimits(rpm=60)}, clock=vt.clock, sleep=vt.sleep)

@@ -217,3 +217,39 @@ async def test_wall_time_budget_interrupts_a_stalled_step_resumably() -> None:
     result = await baton.run(slow, None, store="memory://", model=scripted(), limits=baton.Limits(timeout_s=0.2))
     assert result.status == "budget_exceeded" and "wall_time_s" in result.error["message"]
     assert result.duration_s < 2
+
+
+async def test_displaced_owner_stops_at_its_next_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A takeover while a step is in flight: the heartbeat sees the lost claim and cancels the
+    workflow; nothing after the takeover is written by the old owner."""
+    import asyncio
+
+    from baton.runtime import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "HEARTBEAT_S", 0.05)
+    store = MemoryStore()
+    after: list[str] = []
+
+    stalled = asyncio.Event()
+
+    async def stall() -> None:
+        stalled.set()  # the first step (key "0") is durable by now
+        await asyncio.sleep(5)
+
+    async def slow(ctx: baton.RunContext, x):
+        await ctx.step("first", lambda: "one")
+        await ctx.step("stall", stall)
+        after.append("ran on")
+        return "done"
+
+    old = asyncio.ensure_future(baton.run(slow, None, run_id="fenced", store=store, model=scripted()))
+    await stalled.wait()
+    current = (await store.get_run("fenced")).owner
+    assert current is not None
+    assert await store.claim_run("fenced", Owner("elsewhere", 1, "new-owner", 9e12), expected_token=current.token)
+    with pytest.raises(RunOwnedElsewhere, match="taken over"):
+        await asyncio.wait_for(old, 2)
+    run = await store.get_run("fenced")
+    assert run.status == "running" and run.owner is not None and run.owner.token == "new-owner"
+    assert [t.status for t in await store.transitions("fenced")] == ["pending", "running"]
+    assert after == [] and [s.key for s in await store.load_steps("fenced")] == ["0"]

@@ -537,8 +537,8 @@ async def test_redis_prefix_key_layout_and_run_ttl(redis_url: Callable[[], str])
     client = _redis_client(store)
     assert sorted(k.decode() for k in client.scan_iter(match=f"{prefix}*")) == sorted([
         f"{prefix}run:short", f"{prefix}runs", f"{prefix}steps:short", f"{prefix}steporder:short",
-        f"{prefix}transitions:short", f"{prefix}state:ns\\:with\\:colons:k"])
-    for kind in ("run", "steps", "steporder", "transitions"):
+        f"{prefix}transitions:short", f"{prefix}done:short", f"{prefix}state:ns\\:with\\:colons:k"])
+    for kind in ("run", "steps", "steporder", "transitions", "done"):
         assert 0 < client.pttl(f"{prefix}{kind}:short") <= 500
     assert client.pttl(f"{prefix}runs") == -1 and client.pttl(f"{prefix}state:ns\\:with\\:colons:k") == -1
     await asyncio.sleep(0.7)

@@ -85,7 +85,7 @@ def install(spec: str) -> None:
 
     def wrap_put(original: Any) -> Any:
         @functools.wraps(original)
-        async def put_steps(self: Any, steps: list[Any]) -> None:
+        async def put_steps(self: Any, steps: list[Any], *, owner_token: str | None = None) -> None:
             nonlocal seen
             hits = sum(1 for s in steps if matches(kind, s))
             before = seen
@@ -94,7 +94,7 @@ def install(spec: str) -> None:
             target = (phase in ("before_write", "after_write") and before < n <= seen)
             if target and phase == "before_write":
                 die(report)
-            await original(self, steps)
+            await original(self, steps, owner_token=owner_token)
             if (target and phase == "after_write") or (phase == "after_group" and hits >= n):
                 die(report)
 
@@ -111,11 +111,11 @@ def install(spec: str) -> None:
     def wrap_update(original: Any) -> Any:
         @functools.wraps(original)
         async def update_run(self: Any, run: Any, *, transition: str | None = None,
-                             detail: dict[str, Any] | None = None) -> None:
+                             detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
             if transition is not None and transition != "running":
                 die({"phase": phase, "kind": kind, "n": n, "batch": [], "run_id": run.run_id,
                      "status": transition})
-            await original(self, run, transition=transition, detail=detail)
+            await original(self, run, transition=transition, detail=detail, owner_token=owner_token)
 
         return update_run
 

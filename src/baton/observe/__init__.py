@@ -1,18 +1,43 @@
-"""Events and their sinks (JSONL, OpenTelemetry, Prometheus, redaction)."""
+"""Events and their sinks (JSONL, OpenTelemetry, Prometheus, redaction).
+
+The sinks are imported on first use (``baton.observe.JSONLSink`` works as usual): a run
+that records no JSONL or metrics should not pay their import time.
+redact() itself stays in baton.observe.redact: exporting it here would shadow that module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from baton.observe.events import Event, EventStream, Sink
 
-__all__ = ["Event", "EventStream", "Sink"]
+if TYPE_CHECKING:
+    from baton.observe.jsonl import JSONLSink, read_events
+    from baton.observe.metrics import MetricsServer, MetricsSink, serve_metrics
+    from baton.observe.otel import OTelSink, configure_tracing
+    from baton.observe.otlp import otlp_span_exporter
+    from baton.observe.progress import ProgressSink
+    from baton.observe.redact import Capture, apply_capture, register_env_secrets, register_secret
 
-# Sinks and redaction (each sink imports its optional dependency only when built).
-# redact() itself stays in baton.observe.redact: exporting it here would shadow that module.
-from baton.observe.jsonl import JSONLSink, read_events  # noqa: E402
-from baton.observe.metrics import MetricsServer, MetricsSink, serve_metrics  # noqa: E402
-from baton.observe.otel import OTelSink, configure_tracing  # noqa: E402
-from baton.observe.otlp import otlp_span_exporter  # noqa: E402
-from baton.observe.progress import ProgressSink  # noqa: E402
-from baton.observe.redact import Capture, apply_capture, register_env_secrets, register_secret  # noqa: E402
+_LAZY = {
+    "JSONLSink": "jsonl", "read_events": "jsonl",
+    "MetricsServer": "metrics", "MetricsSink": "metrics", "serve_metrics": "metrics",
+    "OTelSink": "otel", "configure_tracing": "otel",
+    "otlp_span_exporter": "otlp",
+    "ProgressSink": "progress",
+    "Capture": "redact", "apply_capture": "redact", "register_env_secrets": "redact", "register_secret": "redact",
+}
 
-__all__ += ["Capture", "JSONLSink", "MetricsServer", "MetricsSink", "OTelSink", "ProgressSink",
-            "apply_capture", "configure_tracing", "otlp_span_exporter", "read_events", "register_env_secrets",
-            "register_secret", "serve_metrics"]
+__all__ = ["Capture", "Event", "EventStream", "JSONLSink", "MetricsServer", "MetricsSink", "OTelSink",
+           "ProgressSink", "Sink", "apply_capture", "configure_tracing", "otlp_span_exporter", "read_events",
+           "register_env_secrets", "register_secret", "serve_metrics"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'baton.observe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"baton.observe.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

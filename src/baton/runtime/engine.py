@@ -34,7 +34,7 @@ from baton.runtime.ownership import HEARTBEAT_S, LEASE_S, describe, new_owner, o
 from baton.runtime.ratelimit import RateGovernor, RateLimits
 from baton.runtime.retry import RetryPolicy
 from baton.stores import open_store
-from baton.stores.base import Owner, RunRecord, StepRecord, Store
+from baton.stores.base import Owner, RunRecord, StepRecord, Store, displaced
 
 Workflow = Callable[..., Awaitable[Any]]
 
@@ -270,20 +270,27 @@ class Engine:
         record.owner = owner
         return owner
 
-    async def _heartbeat(self, store: Store, run_id: str, owner: Owner) -> None:
+    async def _heartbeat(self, store: Store, run_id: str, owner: Owner, on_lost: Callable[[], Any]) -> None:
+        """Renew the lease; when the claim is gone (another process took the run over), stop
+        the workflow at once instead of letting it send calls whose results cannot be kept."""
         while True:
             await asyncio.sleep(HEARTBEAT_S)
             renewed = Owner(owner.host, owner.pid, owner.token, time.time() + LEASE_S)
-            with contextlib.suppress(Exception):
-                if await store.claim_run(run_id, renewed, expected_token=owner.token):
-                    owner.lease_until = renewed.lease_until
+            try:
+                kept = await store.claim_run(run_id, renewed, expected_token=owner.token)
+            except Exception:  # the store is unreachable for now: the next beat tries again
+                continue
+            if not kept:
+                on_lost()
+                return
+            owner.lease_until = renewed.lease_until
 
     async def _execute(self, store: Store, record: RunRecord, workflow: Workflow, limits: Limits,
                        *, force: bool) -> RunResult:
         from baton.context import RunContext
 
         owner = await self._claim(store, record, force)
-        journal = Journal(store, record.run_id) if self.durable else None
+        journal = Journal(store, record.run_id, owner.token) if self.durable else None
         spent, spent_usd, calls = Usage(), 0.0, 0
         if journal is not None:
             await journal.load()
@@ -307,21 +314,36 @@ class Engine:
         ) if not ok else None
         record.status = "running"
         record.error = None
-        await store.update_run(record, transition="running", detail={"owner": owner.to_dict()})
+        await store.update_run(record, transition="running", detail={"owner": owner.to_dict()},
+                               owner_token=owner.token)
         runtime.emit(ev.RUN_START, runtime.run_span, None, {"workflow": record.workflow, "run_id": record.run_id})
-        heartbeat = asyncio.create_task(self._heartbeat(store, record.run_id, owner))
         t0 = time.monotonic()
         ctx = RunContext(runtime, input=record.input)
+        work = asyncio.ensure_future(_with_wall_time(workflow(ctx, record.input), limits.timeout_s))
+        lost: list[bool] = []
+
+        def on_lost() -> None:
+            lost.append(True)
+            work.cancel()
+
+        heartbeat = asyncio.create_task(self._heartbeat(store, record.run_id, owner, on_lost))
         status, output, error = "failed", None, None
         pending: BaseException | None = None
         try:
-            output = _json_output(await _with_wall_time(workflow(ctx, record.input), limits.timeout_s))
+            output = _json_output(await work)
             status = "succeeded"
         except (Exception, asyncio.CancelledError, KeyboardInterrupt) as exc:
-            status, error = _status_for(exc), _error_dict(exc)
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-                pending = exc
+            if lost or isinstance(exc, RunOwnedElsewhere):
+                pending = exc if isinstance(exc, RunOwnedElsewhere) else displaced(record.run_id)
+                status, error = "interrupted", _error_dict(pending)
+            else:
+                status, error = _status_for(exc), _error_dict(exc)
+                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                    pending = exc
         finally:
+            if not work.done():  # we were cancelled: let the workflow unwind before recording the end
+                work.cancel()
+                await asyncio.wait({work})
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await heartbeat
@@ -333,7 +355,12 @@ class Engine:
         record.output, record.error = output, error
         record.usage, record.cost_usd, record.model_calls = budget.usage.to_dict(), budget.cost_usd, budget.model_calls
         record.owner = None  # released: the next resume needs no takeover
-        await store.update_run(record, transition=status, detail={"error": error} if error else {})
+        if not isinstance(pending, RunOwnedElsewhere):  # a displaced owner leaves the run to the new one
+            try:
+                await store.update_run(record, transition=status, detail={"error": error} if error else {},
+                                       owner_token=owner.token)
+            except RunOwnedElsewhere as exc:  # taken over after the workflow's last step
+                pending, status, error = exc, "interrupted", _error_dict(exc)
         duration = time.monotonic() - t0
         runtime.emit(ev.RUN_END, runtime.run_span, None, {
             "status": status, "duration_s": duration, "usage": budget.usage.to_dict(), "cost_usd": budget.cost_usd,

@@ -3,20 +3,25 @@
 Steps that finish in the same moment are written in one store transaction: each
 ``commit`` joins the batch being gathered and returns once that batch is durable. A
 step's result lives inside its record, so result and record commit atomically.
+
+Writes are fenced by the owner's token: once another process has taken the run over
+(``resume --force``, or an expired lease), every commit fails with ``RunOwnedElsewhere``
+and nothing more of this process reaches the store.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from baton.errors import StoreError
+from baton.errors import RunOwnedElsewhere, StoreError
 from baton.stores.base import StepRecord, Store
 
 
 class Journal:
-    def __init__(self, store: Store, run_id: str) -> None:
+    def __init__(self, store: Store, run_id: str, owner_token: str | None = None) -> None:
         self.store = store
         self.run_id = run_id
+        self.owner_token = owner_token
         self.steps: dict[str, StepRecord] = {}
         self._pending: list[StepRecord] = []
         self._batch_done: asyncio.Future[None] | None = None
@@ -52,9 +57,10 @@ class Journal:
             batch, self._pending = self._pending, []
             done, self._batch_done = self._batch_done, None
             try:
-                await self.store.put_steps(batch)
+                await self.store.put_steps(batch, owner_token=self.owner_token)
             except Exception as exc:  # the store is the source of truth: report, never swallow
-                err = exc if isinstance(exc, StoreError) else StoreError(f"journal write failed: {exc}")
+                err = exc if isinstance(exc, (StoreError, RunOwnedElsewhere)) \
+                    else StoreError(f"journal write failed: {exc}")
                 if done is not None and not done.done():
                     done.set_exception(err)
                     done.exception()  # mark retrieved even if every waiter was cancelled

@@ -331,8 +331,9 @@ class RateGovernor:
         self._take(pool, amounts)
         return True
 
-    async def _attempt(self, pool: _Pool, model: str, amounts: Amounts) -> float:
-        """Take the capacity for ``amounts`` and return 0.0, or return the seconds to wait first."""
+    async def _attempt(self, pool: _Pool, model: str, amounts: Amounts, *, queued: bool = False) -> float:
+        """Take the capacity for ``amounts`` and return 0.0, or return the seconds to wait first.
+        ``queued``: the caller is the head of the pool's queue (a shared store may reserve for it)."""
         wait = self._local_wait(pool, model, amounts, self._clock())
         if wait > _EPS_S:
             return wait
@@ -390,17 +391,26 @@ class RateGovernor:
             while pool.queue:
                 wake.clear()
                 head = pool.queue[0]
-                wait = await self._attempt(pool, head.model, head.amounts)
+                wait = await self._attempt(pool, head.model, head.amounts, queued=True)
                 if head.future.done():  # cancelled while an asynchronous attempt ran
-                    if wait <= _EPS_S:
-                        self._refund(pool, head.amounts)
                     self._discard(pool, head)
+                if wait > _EPS_S:
+                    if not head.future.done():
+                        await self._sleep_or_wake(wake, wait)
                     continue
-                if wait <= _EPS_S:
-                    self._discard(pool, head)
-                    head.future.set_result(None)
+                # The capacity is the pool's now. An asynchronous attempt (a shared store's
+                # reservation) may have let a higher-priority waiter arrive: it goes first, and
+                # the difference in amounts is settled with the store.
+                winner = pool.queue[0] if pool.queue else None
+                if winner is None:
+                    self._refund(pool, head.amounts)
                     continue
-                await self._sleep_or_wake(wake, wait)
+                if winner is not head:
+                    self._adjust(pool, {dim: took - needs for dim, took, needs
+                                        in zip(DIMENSIONS, head.amounts, winner.amounts, strict=True)
+                                        if took != needs})
+                self._discard(pool, winner)
+                winner.future.set_result(None)
         except asyncio.CancelledError:
             for waiter in pool.queue:
                 waiter.future.cancel()

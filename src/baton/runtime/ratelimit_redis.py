@@ -6,8 +6,10 @@ takes all the tokens or returns how long to wait; the client sleeps that long an
 Scripts run atomically, so two processes can never both spend the same capacity.
 
 What stays per process: priority order and FIFO (each process queues its own waiters and
-only its head waiter asks Redis; across processes, whoever asks first once capacity is back
-wins), and limits learned from headers. Every process must be configured with the same
+only its head waiter asks Redis), and limits learned from headers. Across processes, a head
+waiter that finds no capacity *reserves* it (the bucket goes into debt, GCRA-style) and sleeps
+until its turn, so processes are served in the order they asked; polling instead would let
+whichever process happens to ask a microsecond earlier win every time and starve the rest. Every process must be configured with the same
 limits, since they travel with each script call. ``settle``, ``observe_headers`` and
 ``penalize`` update Redis in the background; ``aclose()`` waits for those updates.
 """
@@ -37,13 +39,15 @@ from baton.runtime.ratelimit import (
 logger = logging.getLogger(__name__)
 
 # KEYS[1] = penalty key of the model class, KEYS[2..] = bucket hashes.
-# ARGV = rate/s, capacity, amount per bucket. Returns "0" when taken, else the wait in seconds.
+# ARGV = rate/s, capacity, amount per bucket, then eps, then reserve ("1"/"0"). Returns "0" when
+# taken now, "R<secs>" when reserved for that many seconds from now, else the wait in seconds.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local wait = 0
 local held = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if held > now then wait = held - now end
+local penalized = held > now
+if penalized then wait = held - now end
 local levels = {}
 for i = 2, #KEYS do
   local j = (i - 2) * 3
@@ -59,7 +63,8 @@ for i = 2, #KEYS do
     if level < need then wait = math.max(wait, (need - level) / rate) end
   end
 end
-if wait > tonumber(ARGV[#ARGV]) then return string.format('%.6f', wait) end
+local reserve = ARGV[#ARGV] == '1' and not penalized
+if wait > tonumber(ARGV[#ARGV - 1]) and not reserve then return string.format('%.6f', wait) end
 for i = 2, #KEYS do
   local j = (i - 2) * 3
   local rate, cap, amt = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
@@ -67,6 +72,7 @@ for i = 2, #KEYS do
   redis.call('HSET', KEYS[i], 'level', string.format('%.6f', level), 'ts', string.format('%.6f', now))
   redis.call('PEXPIRE', KEYS[i], string.format('%d', math.ceil(((cap - level) / rate + 1) * 1000)))
 end
+if wait > tonumber(ARGV[#ARGV - 1]) then return string.format('R%.6f', wait) end
 return '0'
 """
 
@@ -175,7 +181,7 @@ class RedisRateGovernor(RateGovernor):
             return None  # capacity lives in Redis: ask the script
         return super()._take_now(pool, model, amounts, now)
 
-    async def _attempt(self, pool: _Pool, model: str, amounts: Amounts) -> float:
+    async def _attempt(self, pool: _Pool, model: str, amounts: Amounts, *, queued: bool = False) -> float:
         local = self._penalty_wait(model, self._clock())
         if local > _EPS_S:
             return local
@@ -188,7 +194,7 @@ class RedisRateGovernor(RateGovernor):
             if bucket is not None:
                 keys.append(self._bucket_key(pool, dim))
                 args += [repr(bucket.rate), repr(bucket.capacity), repr(amount)]
-        args.append(repr(_EPS_S))
+        args += [repr(_EPS_S), "1" if queued else "0"]  # only a queue's head reserves: keeps priorities
         try:
             reply = await self._run("acquire", keys, args)
         except StoreError:
@@ -196,7 +202,11 @@ class RedisRateGovernor(RateGovernor):
                 raise
             logger.warning("rate governor: Redis unreachable, admitting a %s call unthrottled", pool.key)
             return 0.0
-        wait = float(reply.decode() if isinstance(reply, bytes) else reply)
+        text = reply.decode() if isinstance(reply, bytes) else str(reply)
+        if text.startswith("R"):  # reserved: the capacity is ours once this wait is over
+            await self._sleep(float(text[1:]))
+            return 0.0
+        wait = float(text)
         return wait if wait > _EPS_S else 0.0
 
     def _adjust(self, pool: _Pool, deltas: Mapping[str, float]) -> None:

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from baton.errors import RunOwnedElsewhere, UsageError
+
 RunStatus = Literal[
     "pending",
     "running",
@@ -146,6 +148,29 @@ class Transition:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+def fenced_run_id(steps: list[StepRecord]) -> str:
+    """The one run a fenced ``put_steps`` batch belongs to (a fence guards a single run)."""
+    run_ids = {s.run_id for s in steps}
+    if len(run_ids) != 1:
+        raise UsageError(f"a put_steps batch with owner_token must hold one run's steps, got {sorted(run_ids)}")
+    return run_ids.pop()
+
+
+def last_per_key(steps: list[StepRecord]) -> list[StepRecord]:
+    """A batch with each (run, key) once: its last record, at its first record's position
+    (as if the batch were written record by record, before write-once applies)."""
+    latest: dict[tuple[str, str], StepRecord] = {}
+    for step in steps:
+        latest[(step.run_id, step.key)] = step
+    return list(latest.values())
+
+
+def displaced(run_id: str) -> RunOwnedElsewhere:
+    """The error of a fenced write by an owner that lost the run to another process."""
+    return RunOwnedElsewhere(f"run {run_id} was taken over by another process (resume --force or an expired "
+                             f"lease); this process no longer owns it and stopped writing")
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable home of runs. All methods are coroutines; backends may batch internally."""
@@ -171,8 +196,11 @@ class Store(Protocol):
         ...
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
-                         detail: dict[str, Any] | None = None) -> None:
-        """Write the whole record; when ``transition`` is given, append an audit row too."""
+                         detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
+        """Write the whole record; when ``transition`` is given, append an audit row too.
+
+        ``owner_token`` fences the write: it happens only while the stored run is still owned
+        by that token (checked in the same transaction), else ``RunOwnedElsewhere``."""
         ...
 
     async def claim_run(self, run_id: str, owner: Owner, *, expected_token: str | None) -> bool:
@@ -180,8 +208,12 @@ class Store(Protocol):
         (None: no owner). Returns False when someone else got there first."""
         ...
 
-    async def put_steps(self, steps: list[StepRecord]) -> None:
-        """Commit a batch of step records atomically (insert or replace by run_id+key)."""
+    async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
+        """Commit a batch of step records atomically (insert or replace by run_id+key).
+
+        A ``completed`` record is write-once: a later record for its key is ignored. With
+        ``owner_token`` (every step of one run), the batch is written only while that token
+        owns the run, else ``RunOwnedElsewhere`` and nothing of the batch is written."""
         ...
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from baton.errors import RunNotFound, UsageError
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id, last_per_key
 
 
 def _copy(value: Any) -> Any:
@@ -48,9 +48,11 @@ class MemoryStore:
         return [RunRecord.from_dict(_copy(r)) for r in rows]
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
-                         detail: dict[str, Any] | None = None) -> None:
+                         detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
         if run.run_id not in self._runs:
             raise RunNotFound(f"no run with id {run.run_id!r} in {self.url}")
+        if owner_token is not None:
+            self._check_owner(run.run_id, owner_token)
         run.updated_at = time.time()
         self._runs[run.run_id] = _copy(run.to_dict())
         if transition:
@@ -66,11 +68,20 @@ class MemoryStore:
         row["owner"] = owner.to_dict()
         return True
 
-    async def put_steps(self, steps: list[StepRecord]) -> None:
+    def _check_owner(self, run_id: str, owner_token: str) -> None:
+        current = (self._runs.get(run_id) or {}).get("owner")
+        if (current["token"] if current else None) != owner_token:
+            raise displaced(run_id)
+
+    async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
+        if owner_token is not None and steps:
+            self._check_owner(fenced_run_id(steps), owner_token)
         # Encode the whole batch first: a bad record must leave nothing of the batch written.
-        copies = [(s.run_id, s.key, _copy(s.to_dict())) for s in steps]
+        copies = [(s.run_id, s.key, _copy(s.to_dict())) for s in last_per_key(steps)]
         for run_id, key, data in copies:
-            self._steps.setdefault(run_id, {})[key] = data
+            run_steps = self._steps.setdefault(run_id, {})
+            if run_steps.get(key, {}).get("status") != "completed":  # completed records are write-once
+                run_steps[key] = data
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:
         return [StepRecord.from_dict(_copy(d)) for d in self._steps.get(run_id, {}).values()]

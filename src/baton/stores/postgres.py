@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import _codec
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id
 
 if TYPE_CHECKING:
     import psycopg
@@ -99,6 +99,7 @@ ON CONFLICT (run_id, key) DO UPDATE SET
     kind = excluded.kind, name = excluded.name, status = excluded.status,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
     cost_usd = excluded.cost_usd, data = excluded.data
+WHERE baton_steps.status <> 'completed'
 """
 
 _INSERT_TRANSITION = """
@@ -246,13 +247,15 @@ class PostgresStore:
         return [self._decode_run(run_id, data, owner) for run_id, data, owner in rows]
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
-                         detail: dict[str, Any] | None = None) -> None:
+                         detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
         run.updated_at = time.time()
         data, owner = _codec.encode_run(run, self.url)
         detail_json = _codec.encode(detail or {}, what=_codec.run_what(run.run_id, self.url))
         token = run.owner.token if run.owner else None
         host, pid = (run.owner.host, run.owner.pid) if run.owner else (None, None)
         async with self._session() as conn, conn.transaction():
+            if owner_token is not None:
+                await self._check_owner(conn, run.run_id, owner_token)
             cur = await conn.execute(
                 "UPDATE baton_runs SET workflow = %s, status = %s, created_at = %s, updated_at = %s,"
                 " owner_token = %s, owner = %s::json, data = %s::json WHERE run_id = %s",
@@ -281,9 +284,20 @@ class PostgresStore:
 
     # -- steps ------------------------------------------------------------------------
 
-    async def put_steps(self, steps: list[StepRecord]) -> None:
+    async def _check_owner(self, conn: psycopg.AsyncConnection[Any], run_id: str, owner_token: str) -> None:
+        """Inside a transaction: lock the run row (a takeover's UPDATE waits for this transaction
+        to end) and check that ``owner_token`` still owns it."""
+        cur = await conn.execute("SELECT owner_token FROM baton_runs WHERE run_id = %s FOR UPDATE", (run_id,))
+        row = await cur.fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+        if row[0] != owner_token:
+            raise displaced(run_id)
+
+    async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
         if not steps:
             return
+        fenced = fenced_run_id(steps) if owner_token is not None else None
         # Last record of a key wins, at the position of its first appearance (as in one
         # insert-or-replace after another).
         latest: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -293,7 +307,12 @@ class PostgresStore:
         columns: list[Any] = [list(column) for column in zip(*latest.values(), strict=True)]
         columns[-1] = "[" + ",".join(columns[-1]) + "]"
         async with self._session() as conn:
-            await conn.execute(_UPSERT_STEPS, columns, binary=True)
+            if fenced is None or owner_token is None:
+                await conn.execute(_UPSERT_STEPS, columns, binary=True)
+                return
+            async with conn.transaction():
+                await self._check_owner(conn, fenced, owner_token)
+                await conn.execute(_UPSERT_STEPS, columns, binary=True)
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:
         async with self._session() as conn:

@@ -5,6 +5,7 @@ Keys (prefix from ``?prefix=``, default ``baton:``)::
     {p}run:{id}          hash: data (the run as JSON, owner left out), owner, owner_token
     {p}steps:{id}        hash: step key -> step JSON
     {p}steporder:{id}    list: step keys in first-insertion order
+    {p}done:{id}         set: keys of completed steps (their records are write-once)
     {p}transitions:{id}  list: audit rows as JSON, oldest first
     {p}runs              sorted set: run id scored by created_at (``list_runs``)
     {p}state:{ns}:{key}  string: JSON value, with PX expiry when a TTL is given
@@ -27,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import _codec
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id, last_per_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -36,11 +37,11 @@ CONNECT_TIMEOUT_S = 10.0
 
 _EXPIRE_RUN_KEYS = """
 local ttl = tonumber(ARGV[7])
-if ttl > 0 then for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end end
+if ttl > 0 then for _, i in ipairs({1, 2, 3, 4, 6}) do redis.call('PEXPIRE', KEYS[i], ttl) end end
 return 1
 """
 
-# KEYS: run, transitions, steps, order (the run's own keys, which ttl_ms expires), index.
+# KEYS: run, transitions, steps, order, index, done (ttl_ms expires all but the index).
 # ARGV: run_id, data, owner, token, created_at, transition, ttl_ms.  An empty owner means none.
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -50,9 +51,11 @@ redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 redis.call('RPUSH', KEYS[2], ARGV[6])
 """ + _EXPIRE_RUN_KEYS
 
-# Same KEYS and ARGV as _CREATE; an empty transition appends no audit row.
+# Same KEYS and ARGV as _CREATE, then the fence token (ARGV[8], '' for none: the write happens
+# only while that token owns the run, else -1). An empty transition appends no audit row.
 _UPDATE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[1], 'owner_token') ~= ARGV[8] then return -1 end
 redis.call('HSET', KEYS[1], 'data', ARGV[2])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'owner_token', ARGV[4])
@@ -76,13 +79,20 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'owner_token', ARGV[4])
 return 1
 """
 
-# KEYS: per run (steps, order, run, transitions).  ARGV: (run index, step key, JSON)*, ttl_ms.
+# KEYS: per run (steps, order, run, transitions).  ARGV: fence token ('' for none; else the
+# batch is one run's and is written only while that token owns it, else -1), then
+# (run index, step key, JSON, completed '1'/'0')*, ttl_ms. A key whose stored record is
+# completed is not overwritten (write-once); its key is in the run's ``done`` set.
 # HSET answers 1 for a new field: only then does the key join the order list.
 _PUT_STEPS = """
-for i = 1, #ARGV - 1, 3 do
-  local base = (tonumber(ARGV[i]) - 1) * 4
-  if redis.call('HSET', KEYS[base + 1], ARGV[i + 1], ARGV[i + 2]) == 1 then
-    redis.call('RPUSH', KEYS[base + 2], ARGV[i + 1])
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[3], 'owner_token') ~= ARGV[1] then return -1 end
+for i = 2, #ARGV - 1, 4 do
+  local base = (tonumber(ARGV[i]) - 1) * 5
+  if redis.call('SISMEMBER', KEYS[base + 5], ARGV[i + 1]) == 0 then
+    if redis.call('HSET', KEYS[base + 1], ARGV[i + 1], ARGV[i + 2]) == 1 then
+      redis.call('RPUSH', KEYS[base + 2], ARGV[i + 1])
+    end
+    if ARGV[i + 3] == '1' then redis.call('SADD', KEYS[base + 5], ARGV[i + 1]) end
   end
 end
 local ttl = tonumber(ARGV[#ARGV])
@@ -154,7 +164,7 @@ class RedisStore:
     def _run_keys(self, run_id: str) -> list[str]:
         """The KEYS of the create/update scripts."""
         return [self._key("run", run_id), self._key("transitions", run_id), self._key("steps", run_id),
-                self._key("steporder", run_id), f"{self.prefix}runs"]
+                self._key("steporder", run_id), f"{self.prefix}runs", self._key("done", run_id)]
 
     def _state_key(self, namespace: str, key: str) -> str:
         return f"{self.prefix}state:{_escape(namespace)}:{key}"
@@ -260,12 +270,14 @@ class RedisStore:
         return runs
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
-                         detail: dict[str, Any] | None = None) -> None:
+                         detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
         run.updated_at = time.time()
         row = self._transition_json(run, transition, run.updated_at, detail or {}) if transition else ""
-        args = self._run_args(run, row)
+        args = [*self._run_args(run, row), owner_token or ""]
         async with self._session():
-            updated = await self._scripts["update"](keys=self._run_keys(run.run_id), args=args)
+            updated = int(await self._scripts["update"](keys=self._run_keys(run.run_id), args=args))
+        if updated < 0:
+            raise displaced(run.run_id)
         if not updated:
             raise RunNotFound(f"no run with id {run.run_id!r} in {self.url}")
 
@@ -280,21 +292,26 @@ class RedisStore:
 
     # -- steps ------------------------------------------------------------------------
 
-    async def put_steps(self, steps: list[StepRecord]) -> None:
+    async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
         if not steps:
             return
+        fenced = fenced_run_id(steps) if owner_token is not None else None
         run_index: dict[str, int] = {}
         keys: list[str] = []
-        args: list[Any] = []
-        for s in steps:
+        args: list[Any] = [owner_token or ""]
+        for s in last_per_key(steps):
             if s.run_id not in run_index:
                 run_index[s.run_id] = len(run_index) + 1
                 keys += [self._key("steps", s.run_id), self._key("steporder", s.run_id),
-                         self._key("run", s.run_id), self._key("transitions", s.run_id)]
-            args += [run_index[s.run_id], s.key, _codec.encode_step(s, self.url)]
+                         self._key("run", s.run_id), self._key("transitions", s.run_id),
+                         self._key("done", s.run_id)]
+            args += [run_index[s.run_id], s.key, _codec.encode_step(s, self.url),
+                     "1" if s.status == "completed" else "0"]
         args.append(self._ttl_ms())
         async with self._session():
-            await self._scripts["put_steps"](keys=keys, args=args)
+            written = await self._scripts["put_steps"](keys=keys, args=args)
+        if fenced is not None and int(written) < 0:
+            raise displaced(fenced)
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:
         async with self._session() as r:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import _codec
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id, last_per_key
 
 T = TypeVar("T")
 
@@ -83,6 +83,7 @@ ON CONFLICT (run_id, key) DO UPDATE SET
     kind = excluded.kind, name = excluded.name, status = excluded.status,
     started_at = excluded.started_at, ended_at = excluded.ended_at,
     cost_usd = excluded.cost_usd, data = excluded.data
+WHERE steps.status != 'completed'
 """
 
 # A step is "in" a window if it was running at some moment of it; a step that never
@@ -259,7 +260,7 @@ class SQLiteStore:
         return [self._decode_run(run_id, data, owner) for run_id, data, owner in await self._run(work)]
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
-                         detail: dict[str, Any] | None = None) -> None:
+                         detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
         run.updated_at = time.time()
         data, owner = _codec.encode_run(run, self.url)
         detail_json = _codec.encode(detail or {}, what=_codec.run_what(run.run_id, self.url))
@@ -267,6 +268,8 @@ class SQLiteStore:
         host, pid = (run.owner.host, run.owner.pid) if run.owner else (None, None)
 
         def work(c: sqlite3.Connection) -> None:
+            if owner_token is not None:
+                self._check_owner(c, run.run_id, owner_token)
             cur = c.execute(
                 "UPDATE runs SET workflow = ?, status = ?, created_at = ?, updated_at = ?, owner_token = ?,"
                 " owner = ?, data = ? WHERE run_id = ?",
@@ -298,15 +301,26 @@ class SQLiteStore:
 
     # -- steps ------------------------------------------------------------------------
 
-    async def put_steps(self, steps: list[StepRecord]) -> None:
+    def _check_owner(self, c: sqlite3.Connection, run_id: str, owner_token: str) -> None:
+        """Inside a write transaction (the write lock is held): is ``owner_token`` still the owner?"""
+        row = c.execute("SELECT owner_token FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.url}")
+        if row[0] != owner_token:
+            raise displaced(run_id)
+
+    async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
         if not steps:
             return
+        fenced = fenced_run_id(steps) if owner_token is not None else None
         # Encode on the caller's thread: the batch is a snapshot of the records as they
         # are now, and a bad value fails the whole batch before anything is written.
         rows = [(s.run_id, s.key, s.kind, s.name, s.status, s.started_at, s.ended_at, s.cost_usd,
-                 _codec.encode_step(s, self.url)) for s in steps]
+                 _codec.encode_step(s, self.url)) for s in last_per_key(steps)]
 
         def work(c: sqlite3.Connection) -> None:
+            if fenced is not None and owner_token is not None:
+                self._check_owner(c, fenced, owner_token)
             c.executemany(_UPSERT_STEP, rows)
 
         await self._run(self._write, work)

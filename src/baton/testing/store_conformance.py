@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from baton.errors import RunNotFound, StoreError, UsageError
+from baton.errors import RunNotFound, RunOwnedElsewhere, StoreError, UsageError
 from baton.stores.base import Owner, RunRecord, StepRecord, Store
 
 T = TypeVar("T")
@@ -285,6 +285,43 @@ async def check_put_steps(store: Store, hooks: _Hooks) -> None:
     _eq([s.name for s in await store.load_steps(other)], ["other-planner"], "steps of the other run")
 
 
+async def check_completed_write_once(store: Store, hooks: _Hooks) -> None:
+    """A completed step record is never replaced: a later record for its key (a displaced
+    owner finishing the same call late, say) is ignored; a started or failed one is."""
+    run_id = _id("write-once")
+    await store.create_run(_run(run_id))
+    await store.put_steps([_step(run_id, "0/a", result="first"), _step(run_id, "1/b", status="started")])
+    await store.put_steps([_step(run_id, "0/a", result="late"), _step(run_id, "1/b", result="done")])
+    await store.put_steps([_step(run_id, "1/b", status="started")])
+    got = {s.key: (s.status, s.result) for s in await store.load_steps(run_id)}
+    _eq(got, {"0/a": ("completed", "first"), "1/b": ("completed", "done")}, "steps after rewrites")
+
+
+async def check_fenced_writes(store: Store, hooks: _Hooks) -> None:
+    """With ``owner_token``, ``put_steps`` and ``update_run`` write only while that token owns
+    the run; after a takeover the old owner gets ``RunOwnedElsewhere`` and writes nothing."""
+    run_id = _id("fence")
+    await store.create_run(_run(run_id))
+    old, new = _owner("token-old"), _owner("token-new")
+    assert await store.claim_run(run_id, old, expected_token=None), "first claim"
+    await store.put_steps([_step(run_id, "0", result="by old")], owner_token="token-old")
+    run = await store.get_run(run_id)
+    run.status = "running"
+    await store.update_run(run, transition="running", owner_token="token-old")
+    assert await store.claim_run(run_id, new, expected_token="token-old"), "takeover"
+    await _raises(RunOwnedElsewhere, store.put_steps([_step(run_id, "1", result="stale")], owner_token="token-old"),
+                  "put_steps by a displaced owner")
+    stale = _run(run_id, status="succeeded", output="stale", owner=None)
+    await _raises(RunOwnedElsewhere, store.update_run(stale, transition="succeeded", owner_token="token-old"),
+                  "update_run by a displaced owner")
+    got = await store.get_run(run_id)
+    _eq((got.status, got.output, got.owner), ("running", None, new), "run after the displaced owner's writes")
+    _eq([s.key for s in await store.load_steps(run_id)], ["0"], "steps after the displaced owner's write")
+    _eq([t.status for t in await store.transitions(run_id)][-1], "running", "last audit row")
+    await store.put_steps([_step(run_id, "1", result="by new")], owner_token="token-new")
+    _eq([s.result for s in await store.load_steps(run_id)], ["by old", "by new"], "steps of the new owner")
+
+
 async def check_put_steps_atomic(store: Store, hooks: _Hooks) -> None:
     """A batch with one unstorable record stores nothing (nor does a bad run)."""
     run_id = _id("atomic")
@@ -428,6 +465,8 @@ CHECKS: dict[str, _Check] = {
     "claim_run": check_claim_run,
     "put_steps": check_put_steps,
     "put_steps_atomic": check_put_steps_atomic,
+    "completed_write_once": check_completed_write_once,
+    "fenced_writes": check_fenced_writes,
     "large_batch": check_large_batch,
     "json_round_trip": check_json_round_trip,
     "state": check_state,
