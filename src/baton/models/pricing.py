@@ -7,7 +7,6 @@ $0.00 for a model it cannot price would hide real spend.
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,6 +41,8 @@ class Price:
 
 @cache
 def _table(path: str | None) -> dict[str, Price]:
+    import tomllib  # only when a price is first needed: keeps ``import baton`` fast
+
     if path:
         raw = tomllib.loads(Path(path).read_text())
     else:

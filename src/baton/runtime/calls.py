@@ -40,7 +40,6 @@ from baton.observe.redact import redact
 from baton.runtime.breaker import BreakerRegistry, counts_as_failure
 from baton.runtime.budget import BudgetTracker
 from baton.runtime.journal import Journal
-from baton.runtime.ratelimit import RateGovernor
 from baton.runtime.retry import RetryPolicy
 from baton.runtime.routing import AUTO, ModelRouter
 from baton.stores.base import StepRecord
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
     from baton.context import RunContext
     from baton.models.base import Model
     from baton.runtime.cache import ResultCache
+    from baton.runtime.ratelimit import RateGovernor
 
 
 class ReplayDivergence(BatonError):
@@ -91,7 +91,7 @@ class Runtime:
     """Callable[[str], ModelBinding]: resolves a model id to an adapter."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
-    governor: RateGovernor = field(default_factory=RateGovernor)
+    governor: RateGovernor = field(default_factory=lambda: _new_governor())
     cache: ResultCache | None = None
     cache_ttl_s: float | None = None
     trace_id: str = field(default_factory=lambda: new_id(16))
@@ -394,3 +394,9 @@ def _with_model(req: ModelRequest, model: str) -> ModelRequest:
     from dataclasses import replace
 
     return replace(req, model=model)
+
+
+def _new_governor() -> RateGovernor:
+    from baton.runtime.ratelimit import RateGovernor
+
+    return RateGovernor()

@@ -14,7 +14,7 @@ import importlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from baton.errors import (
     BatonError,
@@ -31,10 +31,12 @@ from baton.runtime.budget import BudgetTracker, Limits
 from baton.runtime.calls import ModelBinding, ReplayDivergence, Runtime
 from baton.runtime.journal import Journal
 from baton.runtime.ownership import HEARTBEAT_S, LEASE_S, describe, new_owner, owner_is_dead
-from baton.runtime.ratelimit import RateGovernor, RateLimits
 from baton.runtime.retry import RetryPolicy
 from baton.stores import open_store
 from baton.stores.base import Owner, RunRecord, StepRecord, Store, displaced
+
+if TYPE_CHECKING:  # the governor module loads on first run, not on ``import baton``
+    from baton.runtime.ratelimit import RateGovernor
 
 Workflow = Callable[..., Awaitable[Any]]
 
@@ -45,6 +47,8 @@ def shared_governor() -> RateGovernor:
     """The process-wide rate governor: every run and agent in this process shares its buckets."""
     global _GOVERNOR
     if _GOVERNOR is None:
+        from baton.runtime.ratelimit import RateGovernor
+
         _GOVERNOR = RateGovernor()
     return _GOVERNOR
 
@@ -300,6 +304,8 @@ class Engine:
                     spent_usd += step.cost_usd
                     calls += 1
         events = EventStream(list(self.sinks))
+        from baton.runtime.ratelimit import RateLimits
+
         governor = self.governor or shared_governor()
         for key, value in (getattr(workflow, "rate_limits", None) or {}).items():
             governor.set_limits(key, value if isinstance(value, RateLimits) else RateLimits.from_dict(value))
