@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import importlib.util
 import json
@@ -42,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from _services import PG_URL, postgres_problem
 from baton.messages import ModelRequest, ToolResultBlock
 from baton.stores import open_store
 from baton.stores.base import RunRecord, StepRecord
@@ -53,7 +53,6 @@ HOOKS = CRASH / "run_with_hooks.py"
 PIPELINE = CRASH / "pipeline5.yaml"
 FANOUT = CRASH / "fanout50.yaml"
 EFFECTS = CRASH / "effects.yaml"
-PG_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _load_effects() -> Any:
@@ -152,23 +151,10 @@ def stalled(server: FakeAnthropicServer, pattern: str) -> Iterator[Rule]:
 # --- stores --------------------------------------------------------------------------------
 
 
-@functools.cache
-def _postgres_problem() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'baton-agents[postgres]')"
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        return f"PostgreSQL is unreachable at {PG_URL} (set BATON_TEST_POSTGRES): {exc}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def pg_schema_url() -> Iterator[str]:
     """A fresh PostgreSQL schema for this module (dropped afterwards)."""
-    if problem := _postgres_problem():
+    if problem := postgres_problem():
         pytest.skip(problem)
     import psycopg
 

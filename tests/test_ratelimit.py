@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _services import REDIS_URL, redis_problem
 from baton.errors import StoreError, UsageError, WorkflowError
 from baton.runtime.ratelimit import RateGovernor, RateLimits
 from baton.runtime.ratelimit_redis import RedisRateGovernor
@@ -459,23 +460,7 @@ async def test_real_time_throughput_matches_the_rate() -> None:
 
 # -- Redis -------------------------------------------------------------------------------------
 
-REDIS_URL = os.environ.get("BATON_TEST_REDIS", "redis://127.0.0.1:6379/15")
-
-
-def _redis_reachable() -> bool:
-    try:
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_reachable(), reason=f"Redis not reachable at {REDIS_URL}")
+needs_redis = pytest.mark.skipif(redis_problem() is not None, reason=str(redis_problem()))
 
 
 def _prefix() -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from _services import REDIS_URL, redis_problem
 from baton.errors import StoreError, UsageError
 from baton.runtime.cache import (
     MemoryResultCache,
@@ -22,23 +22,7 @@ from baton.runtime.cache import (
     open_cache,
 )
 
-REDIS_URL = os.environ.get("BATON_TEST_REDIS", "redis://127.0.0.1:6379/15")
-
-
-def _redis_reachable() -> bool:
-    try:
-        import redis
-
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
-
-
-REDIS_UP = _redis_reachable()
+REDIS_UP = redis_problem() is None
 
 BASE: dict[str, Any] = {
     "model": "claude-sonnet-4-6",
@@ -109,7 +93,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         cache = SQLiteResultCache(str(tmp_path / "sub" / "cache.db"))
     else:
         if not REDIS_UP:
-            pytest.skip(f"Redis not reachable at {REDIS_URL}")
+            pytest.skip(str(redis_problem()))
         cache = RedisResultCache(REDIS_URL, prefix=f"baton:test:cache:{uuid.uuid4().hex}:")
     yield kind, cache
     await cache.close()
@@ -255,7 +239,7 @@ async def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(not REDIS_UP, reason=f"Redis not reachable at {REDIS_URL}")
+@pytest.mark.skipif(not REDIS_UP, reason=str(redis_problem()))
 async def test_redis_corrupt_entry_and_native_expiry() -> None:
     import redis.asyncio as aioredis
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from _services import PG_URL, REDIS_URL, postgres_problem, redis_problem
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import open_store
 from baton.stores.base import Owner, RunRecord, StepRecord, Store
@@ -30,8 +31,6 @@ from baton.stores.memory import MemoryStore
 from baton.stores.sqlite import SQLiteStore, sqlite_path
 from baton.testing.store_conformance import CHECKS, StoreConformance, check_store
 
-PG_URL = os.environ.get("BATON_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("BATON_TEST_REDIS", "redis://127.0.0.1:6379/15")
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "stores.md"
 
 
@@ -39,38 +38,10 @@ def _with_query(url: str, extra: str) -> str:
     return url + ("&" if "?" in url else "?") + extra
 
 
-@functools.cache
-def _postgres_problem() -> str | None:
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed (pip install 'baton-agents[postgres]')"
-    try:
-        psycopg.connect(PG_URL, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        return f"PostgreSQL is unreachable at {PG_URL} (set BATON_TEST_POSTGRES): {exc}"
-    return None
-
-
-@functools.cache
-def _redis_problem() -> str | None:
-    try:
-        import redis
-    except ImportError:
-        return "redis-py is not installed (pip install 'baton-agents[redis]')"
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
-        client.ping()
-        client.close()
-    except redis.RedisError as exc:
-        return f"Redis is unreachable at {REDIS_URL} (set BATON_TEST_REDIS): {exc}"
-    return None
-
-
 @pytest.fixture
 def pg_url() -> Iterator[Callable[[], str]]:
     """Makes URLs of fresh PostgreSQL schemas (dropped afterwards): tests never share tables."""
-    if problem := _postgres_problem():
+    if problem := postgres_problem():
         pytest.skip(problem)
     import psycopg
 
@@ -92,7 +63,7 @@ def pg_url() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def redis_url() -> Iterator[Callable[[], str]]:
     """Makes URLs with fresh random key prefixes on db 15; their keys are deleted afterwards."""
-    if problem := _redis_problem():
+    if problem := redis_problem():
         pytest.skip(problem)
     import redis
 
