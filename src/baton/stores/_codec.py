@@ -9,7 +9,7 @@ Nothing is ever unpickled or evaluated.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -54,6 +54,26 @@ def encode_run(run: RunRecord, where: str) -> tuple[str, str | None]:
     what = run_what(run.run_id, where)
     owner = encode(run.owner.to_dict(), what=what) if run.owner else None
     return encode(body, what=what), owner
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A run encoded for a SQL row, plus its audit row's JSON detail and owner columns."""
+
+    data: str
+    owner: str | None
+    token: str | None
+    host: str | None
+    pid: int | None
+    detail: str
+
+
+def run_row(run: RunRecord, where: str, detail: dict[str, Any]) -> RunRow:
+    data, owner = encode_run(run, where)
+    detail_json = encode(detail, what=run_what(run.run_id, where))
+    if run.owner is None:
+        return RunRow(data, owner, None, None, None, detail_json)
+    return RunRow(data, owner, run.owner.token, run.owner.host, run.owner.pid, detail_json)
 
 
 def encode_owner(owner: Owner, run_id: str, where: str) -> str:

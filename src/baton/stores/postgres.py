@@ -218,18 +218,15 @@ class PostgresStore:
     # -- runs -------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        data, owner = _codec.encode_run(run, self.url)
-        detail = _codec.encode({"created": True}, what=_codec.run_what(run.run_id, self.url))
-        token = run.owner.token if run.owner else None
-        host, pid = (run.owner.host, run.owner.pid) if run.owner else (None, None)
+        row = _codec.run_row(run, self.url, {"created": True})
         async with self._session() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO baton_runs (run_id, workflow, status, created_at, updated_at, owner_token, owner, data)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s::json, %s::json) ON CONFLICT (run_id) DO NOTHING",
-                (run.run_id, run.workflow, run.status, run.created_at, run.updated_at, token, owner, data))
+                (run.run_id, run.workflow, run.status, run.created_at, run.updated_at, row.token, row.owner, row.data))
             if cur.rowcount == 0:
                 raise UsageError(f"run {run.run_id!r} already exists in {self.url}")
-            await conn.execute(_INSERT_TRANSITION, (run.run_id, run.status, time.time(), host, pid, detail))
+            await conn.execute(_INSERT_TRANSITION, (run.run_id, run.status, time.time(), row.host, row.pid, row.detail))
 
     async def get_run(self, run_id: str) -> RunRecord:
         async with self._session() as conn:
@@ -249,21 +246,18 @@ class PostgresStore:
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
                          detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
         run.updated_at = time.time()
-        data, owner = _codec.encode_run(run, self.url)
-        detail_json = _codec.encode(detail or {}, what=_codec.run_what(run.run_id, self.url))
-        token = run.owner.token if run.owner else None
-        host, pid = (run.owner.host, run.owner.pid) if run.owner else (None, None)
+        row = _codec.run_row(run, self.url, detail or {})
         async with self._session() as conn, conn.transaction():
             if owner_token is not None:
                 await self._check_owner(conn, run.run_id, owner_token)
             cur = await conn.execute(
                 "UPDATE baton_runs SET workflow = %s, status = %s, created_at = %s, updated_at = %s,"
                 " owner_token = %s, owner = %s::json, data = %s::json WHERE run_id = %s",
-                (run.workflow, run.status, run.created_at, run.updated_at, token, owner, data, run.run_id))
+                (run.workflow, run.status, run.created_at, run.updated_at, row.token, row.owner, row.data, run.run_id))
             if cur.rowcount == 0:
                 raise RunNotFound(f"no run with id {run.run_id!r} in {self.url}")
             if transition:
-                await conn.execute(_INSERT_TRANSITION, (run.run_id, transition, run.updated_at, host, pid, detail_json))
+                await conn.execute(_INSERT_TRANSITION, (run.run_id, transition, run.updated_at, row.host, row.pid, row.detail))
 
     async def claim_run(self, run_id: str, owner: Owner, *, expected_token: str | None) -> bool:
         owner_json = _codec.encode_owner(owner, run_id, self.url)

@@ -223,21 +223,18 @@ class SQLiteStore:
     # -- runs -------------------------------------------------------------------------
 
     async def create_run(self, run: RunRecord) -> None:
-        data, owner = _codec.encode_run(run, self.url)
-        detail = _codec.encode({"created": True}, what=_codec.run_what(run.run_id, self.url))
-        token = run.owner.token if run.owner else None
-        host, pid = (run.owner.host, run.owner.pid) if run.owner else (None, None)
+        row = _codec.run_row(run, self.url, {"created": True})
         now = time.time()
 
         def work(c: sqlite3.Connection) -> None:
             cur = c.execute(
                 "INSERT INTO runs (run_id, workflow, status, created_at, updated_at, owner_token, owner, data)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO NOTHING",
-                (run.run_id, run.workflow, run.status, run.created_at, run.updated_at, token, owner, data))
+                (run.run_id, run.workflow, run.status, run.created_at, run.updated_at, row.token, row.owner, row.data))
             if cur.rowcount == 0:
                 raise UsageError(f"run {run.run_id!r} already exists in {self.url}")
             c.execute("INSERT INTO transitions (run_id, status, at, owner_host, owner_pid, detail)"
-                      " VALUES (?, ?, ?, ?, ?, ?)", (run.run_id, run.status, now, host, pid, detail))
+                      " VALUES (?, ?, ?, ?, ?, ?)", (run.run_id, run.status, now, row.host, row.pid, row.detail))
 
         await self._run(self._write, work)
 
@@ -262,10 +259,7 @@ class SQLiteStore:
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
                          detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
         run.updated_at = time.time()
-        data, owner = _codec.encode_run(run, self.url)
-        detail_json = _codec.encode(detail or {}, what=_codec.run_what(run.run_id, self.url))
-        token = run.owner.token if run.owner else None
-        host, pid = (run.owner.host, run.owner.pid) if run.owner else (None, None)
+        row = _codec.run_row(run, self.url, detail or {})
 
         def work(c: sqlite3.Connection) -> None:
             if owner_token is not None:
@@ -273,13 +267,13 @@ class SQLiteStore:
             cur = c.execute(
                 "UPDATE runs SET workflow = ?, status = ?, created_at = ?, updated_at = ?, owner_token = ?,"
                 " owner = ?, data = ? WHERE run_id = ?",
-                (run.workflow, run.status, run.created_at, run.updated_at, token, owner, data, run.run_id))
+                (run.workflow, run.status, run.created_at, run.updated_at, row.token, row.owner, row.data, run.run_id))
             if cur.rowcount == 0:
                 raise RunNotFound(f"no run with id {run.run_id!r} in {self.url}")
             if transition:
                 c.execute("INSERT INTO transitions (run_id, status, at, owner_host, owner_pid, detail)"
                           " VALUES (?, ?, ?, ?, ?, ?)",
-                          (run.run_id, transition, run.updated_at, host, pid, detail_json))
+                          (run.run_id, transition, run.updated_at, row.host, row.pid, row.detail))
 
         await self._run(self._write, work)
 
