@@ -167,8 +167,8 @@ def last_per_key(steps: list[StepRecord]) -> list[StepRecord]:
 
 def displaced(run_id: str) -> RunOwnedElsewhere:
     """The error of a fenced write by an owner that lost the run to another process."""
-    return RunOwnedElsewhere(f"run {run_id} was taken over by another process (resume --force or an expired "
-                             f"lease); this process no longer owns it and stopped writing")
+    return RunOwnedElsewhere(f"run {run_id} was taken over (resume --force, an expired lease) or cancelled by "
+                             f"another process; this process no longer owns it and stopped writing")
 
 
 @runtime_checkable
