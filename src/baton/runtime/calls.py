@@ -53,6 +53,13 @@ if TYPE_CHECKING:
     from baton.runtime.ratelimit import RateGovernor
 
 
+def _new_governor() -> RateGovernor:
+    """A private governor (the runtime module loads only when a run needs one)."""
+    from baton.runtime.ratelimit import RateGovernor
+
+    return RateGovernor()
+
+
 class ReplayDivergence(BatonError):
     """The workflow asked for a different step than the journal recorded at this position."""
 
@@ -91,7 +98,7 @@ class Runtime:
     """Callable[[str], ModelBinding]: resolves a model id to an adapter."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breakers: BreakerRegistry = field(default_factory=BreakerRegistry)
-    governor: RateGovernor = field(default_factory=lambda: _new_governor())
+    governor: RateGovernor = field(default_factory=_new_governor)
     cache: ResultCache | None = None
     cache_ttl_s: float | None = None
     trace_id: str = field(default_factory=lambda: new_id(16))
@@ -395,8 +402,3 @@ def _with_model(req: ModelRequest, model: str) -> ModelRequest:
 
     return replace(req, model=model)
 
-
-def _new_governor() -> RateGovernor:
-    from baton.runtime.ratelimit import RateGovernor
-
-    return RateGovernor()

@@ -326,10 +326,11 @@ class Engine:
         t0 = time.monotonic()
         ctx = RunContext(runtime, input=record.input)
         work = asyncio.ensure_future(_with_wall_time(workflow(ctx, record.input), limits.timeout_s))
-        lost: list[bool] = []
+        lost = False
 
         def on_lost() -> None:
-            lost.append(True)
+            nonlocal lost
+            lost = True
             work.cancel()
 
         heartbeat = asyncio.create_task(self._heartbeat(store, record.run_id, owner, on_lost))

@@ -76,6 +76,12 @@ def run_row(run: RunRecord, where: str, detail: dict[str, Any]) -> RunRow:
     return RunRow(data, owner, run.owner.token, run.owner.host, run.owner.pid, detail_json)
 
 
+def step_row(step: StepRecord, where: str) -> tuple[Any, ...]:
+    """A step's SQL columns: run_id, key, kind, name, status, started_at, ended_at, cost_usd, data."""
+    return (step.run_id, step.key, step.kind, step.name, step.status, step.started_at, step.ended_at,
+            step.cost_usd, encode_step(step, where))
+
+
 def encode_owner(owner: Owner, run_id: str, where: str) -> str:
     return encode(owner.to_dict(), what=run_what(run_id, where))
 

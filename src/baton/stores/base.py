@@ -148,12 +148,15 @@ class Transition:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-def fenced_run_id(steps: list[StepRecord]) -> str:
-    """The one run a fenced ``put_steps`` batch belongs to (a fence guards a single run)."""
+def fence_of(steps: list[StepRecord], owner_token: str | None) -> tuple[str, str] | None:
+    """``(run_id, owner_token)`` of a fenced ``put_steps`` batch (a fence guards a single
+    run), or None when the batch is not fenced."""
+    if owner_token is None:
+        return None
     run_ids = {s.run_id for s in steps}
     if len(run_ids) != 1:
         raise UsageError(f"a put_steps batch with owner_token must hold one run's steps, got {sorted(run_ids)}")
-    return run_ids.pop()
+    return run_ids.pop(), owner_token
 
 
 def last_per_key(steps: list[StepRecord]) -> list[StepRecord]:

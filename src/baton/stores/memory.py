@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from baton.errors import RunNotFound, UsageError
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id, last_per_key
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fence_of, last_per_key
 
 
 def _copy(value: Any) -> Any:
@@ -74,8 +74,8 @@ class MemoryStore:
             raise displaced(run_id)
 
     async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
-        if owner_token is not None and steps:
-            self._check_owner(fenced_run_id(steps), owner_token)
+        if steps and (fence := fence_of(steps, owner_token)):
+            self._check_owner(*fence)
         # Encode the whole batch first: a bad record must leave nothing of the batch written.
         copies = [(s.run_id, s.key, _copy(s.to_dict())) for s in last_per_key(steps)]
         for run_id, key, data in copies:

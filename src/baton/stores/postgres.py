@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import _codec
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fence_of, last_per_key
 
 if TYPE_CHECKING:
     import psycopg
@@ -291,21 +291,16 @@ class PostgresStore:
     async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
         if not steps:
             return
-        fenced = fenced_run_id(steps) if owner_token is not None else None
-        # Last record of a key wins, at the position of its first appearance (as in one
-        # insert-or-replace after another).
-        latest: dict[tuple[str, str], tuple[Any, ...]] = {}
-        for s in steps:
-            latest[(s.run_id, s.key)] = (s.run_id, s.key, s.kind, s.name, s.status, s.started_at, s.ended_at,
-                                         s.cost_usd, _codec.encode_step(s, self.url))
-        columns: list[Any] = [list(column) for column in zip(*latest.values(), strict=True)]
+        fence = fence_of(steps, owner_token)
+        rows = [_codec.step_row(s, self.url) for s in last_per_key(steps)]
+        columns: list[Any] = [list(column) for column in zip(*rows, strict=True)]
         columns[-1] = "[" + ",".join(columns[-1]) + "]"
         async with self._session() as conn:
-            if fenced is None or owner_token is None:
+            if fence is None:
                 await conn.execute(_UPSERT_STEPS, columns, binary=True)
                 return
             async with conn.transaction():
-                await self._check_owner(conn, fenced, owner_token)
+                await self._check_owner(conn, *fence)
                 await conn.execute(_UPSERT_STEPS, columns, binary=True)
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import _codec
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id, last_per_key
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fence_of, last_per_key
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -79,7 +79,7 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[3], 'owner_token', ARGV[4])
 return 1
 """
 
-# KEYS: per run (steps, order, run, transitions).  ARGV: fence token ('' for none; else the
+# KEYS: per run (steps, order, run, transitions, done).  ARGV: fence token ('' for none; else the
 # batch is one run's and is written only while that token owns it, else -1), then
 # (run index, step key, JSON, completed '1'/'0')*, ttl_ms. A key whose stored record is
 # completed is not overwritten (write-once); its key is in the run's ``done`` set.
@@ -295,7 +295,7 @@ class RedisStore:
     async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
         if not steps:
             return
-        fenced = fenced_run_id(steps) if owner_token is not None else None
+        fence = fence_of(steps, owner_token)
         run_index: dict[str, int] = {}
         keys: list[str] = []
         args: list[Any] = [owner_token or ""]
@@ -310,8 +310,8 @@ class RedisStore:
         args.append(self._ttl_ms())
         async with self._session():
             written = await self._scripts["put_steps"](keys=keys, args=args)
-        if fenced is not None and int(written) < 0:
-            raise displaced(fenced)
+        if fence is not None and int(written) < 0:
+            raise displaced(fence[0])
 
     async def load_steps(self, run_id: str) -> list[StepRecord]:
         async with self._session() as r:

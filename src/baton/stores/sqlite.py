@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import _codec
-from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fenced_run_id, last_per_key
+from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fence_of, last_per_key
 
 T = TypeVar("T")
 
@@ -306,15 +306,14 @@ class SQLiteStore:
     async def put_steps(self, steps: list[StepRecord], *, owner_token: str | None = None) -> None:
         if not steps:
             return
-        fenced = fenced_run_id(steps) if owner_token is not None else None
+        fence = fence_of(steps, owner_token)
         # Encode on the caller's thread: the batch is a snapshot of the records as they
         # are now, and a bad value fails the whole batch before anything is written.
-        rows = [(s.run_id, s.key, s.kind, s.name, s.status, s.started_at, s.ended_at, s.cost_usd,
-                 _codec.encode_step(s, self.url)) for s in last_per_key(steps)]
+        rows = [_codec.step_row(s, self.url) for s in last_per_key(steps)]
 
         def work(c: sqlite3.Connection) -> None:
-            if fenced is not None and owner_token is not None:
-                self._check_owner(c, fenced, owner_token)
+            if fence is not None:
+                self._check_owner(c, *fence)
             c.executemany(_UPSERT_STEP, rows)
 
         await self._run(self._write, work)
