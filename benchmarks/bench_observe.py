@@ -44,15 +44,17 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from baton.observe import EventStream, JSONLSink, MetricsSink, OTelSink, Sink, configure_tracing
-from baton.observe.events import Event, new_id
-from baton.observe.redact import Capture
+from baton.observe.events import Event, EventStream, Sink, new_id
+
+if TYPE_CHECKING:  # the sinks and OpenTelemetry load only where used: a run with sinks off imports neither
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from baton.observe.redact import Capture
 
 MODEL = "claude-sonnet-4-6"
 TARGET_EXTRA = 0.20
@@ -61,14 +63,18 @@ TARGET_EXTRA = 0.20
 os.environ.setdefault("OTEL_BSP_MAX_QUEUE_SIZE", str(1 << 20))
 
 
-class NoExport(SpanExporter):
-    """Takes each batch and does nothing with it: what the sink and the SDK cost on their own."""
+def no_export() -> Any:
+    """An exporter that takes each batch and does nothing with it: what the sink and the SDK cost on their own."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
+    class NoExport(SpanExporter):  # type: ignore[misc]
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
 
-    def shutdown(self) -> None:
-        pass
+        def shutdown(self) -> None:
+            pass
+
+    return NoExport()
 
 
 class Collector:
@@ -140,6 +146,11 @@ class AllSinks:
         self.providers: list[TracerProvider] = []
 
     def _provider(self, exporter: str) -> TracerProvider:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from baton.observe import configure_tracing
+
         for old in self.providers:
             old.shutdown()
         self.providers.clear()
@@ -152,17 +163,23 @@ class AllSinks:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
                 provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.url + "/v1/traces")))
             else:
-                provider.add_span_processor(BatchSpanProcessor(NoExport()))
+                provider.add_span_processor(BatchSpanProcessor(no_export()))
         self.providers.append(provider)
         return provider
 
     def jsonl(self) -> list[Sink]:
+        from baton.observe import JSONLSink
+
         return [JSONLSink(self.tmpdir / "events.jsonl", capture=self.capture)]
 
     def otel(self, exporter: str = "otlp") -> list[Sink]:
+        from baton.observe import OTelSink
+
         return [OTelSink(self._provider(exporter), capture=self.capture)]
 
     def prometheus(self) -> list[Sink]:
+        from baton.observe import MetricsSink
+
         return [MetricsSink()]
 
     def build(self) -> list[Sink]:
@@ -241,35 +258,63 @@ def cpu_us_per_agent_call(sinks: list[Sink], n: int, *, content: bool = False) -
 FULL_CALL_SPANS = 2  # a one-turn agent call: invoke_agent + chat
 
 
-def full_agent_call(tmp: str, collector: Collector, capture: Capture, calls: int, concurrency: int, rounds: int,
-                    breakdown: bool) -> dict[str, float]:
-    """Median CPU ms per complete agent call per sink configuration ("no sinks" first)."""
+CONFIGS = {  # name -> (AllSinks method and its argument, whether spans are exported)
+    "no sinks": (None, False),
+    "jsonl": ("jsonl", False),
+    "otel, OTLP export": ("otel", True),
+    "otel, stock OTLP exporter": ("otel:stock-otlp", True),
+    "prometheus": ("prometheus", False),
+}
+
+
+def full_agent_call(collector: Collector, capture: Capture, calls: int, concurrency: int, rounds: int,
+                    breakdown: bool) -> dict[str, list[float]]:
+    """CPU ms per complete agent call per sink configuration ("no sinks" first), one sample per round.
+
+    Each run is a fresh process (``--run``): a process with sinks off imports and keeps
+    none of their code or data, and no run inherits the heap another one left. Within a
+    round the configurations run back to back, in reverse order every other round, so
+    that each sample can be compared with the same round's "no sinks".
+    """
     from _harness import FakeServerProcess
+
+    configs = {name: spec for name, spec in CONFIGS.items() if breakdown or name == "no sinks"}
+    configs[ALL_ON] = ("build", True)
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    with FakeServerProcess() as url:
+        for round_ in range(rounds):  # alternate, so drift on a shared machine hits every variant alike
+            order = list(configs.items())
+            for name, (sinks, traced) in order if round_ % 2 == 0 else reversed(order):
+                before = collector.spans()
+                command = [sys.executable, __file__, "--run", sinks or "none", "--server", url,
+                           "--collector-url", collector.url, "--calls", str(calls),
+                           "--concurrency", str(concurrency), "--capture", capture]
+                done = subprocess.run(command, capture_output=True, text=True, check=False)
+                if done.returncode:
+                    raise RuntimeError(f"{name}: the benchmark run failed:\n{done.stderr}")
+                samples[name].append(float(done.stdout.split()[-1]))
+                if traced:  # run_cpu_ms: one warm-up run of `concurrency` calls, then the measured run
+                    expected = (concurrency + calls) * FULL_CALL_SPANS + 2
+                    got = collector.spans() - before
+                    if got != expected:
+                        raise RuntimeError(f"{name}: the collector received {got} spans, expected {expected}")
+    return samples
+
+
+def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency: int, capture: Capture) -> None:
+    """The child of ``full_agent_call``: warm up, measure one run, print CPU ms per call."""
     from bench_agent_call import run_cpu_ms
 
-    sinks = AllSinks(tmp, collector.url, capture)
-    configs: dict[str, tuple[Callable[[], list[Sink]], bool]] = {"no sinks": (list, False)}
-    if breakdown:
-        configs["jsonl"] = (sinks.jsonl, False)
-        configs["otel, OTLP export"] = (sinks.otel, True)
-        configs["otel, stock OTLP exporter"] = (lambda: sinks.otel("stock-otlp"), True)
-        configs["prometheus"] = (sinks.prometheus, False)
-    configs[ALL_ON] = (sinks.build, True)
-    samples: dict[str, list[float]] = {name: [] for name in configs}
-    try:
-        with FakeServerProcess() as url:
-            for _ in range(rounds):  # alternate, so drift on a shared machine hits every variant alike
-                for name, (build, traced) in configs.items():
-                    before = collector.spans()
-                    samples[name].append(asyncio.run(run_cpu_ms(url, calls, concurrency, build)))
-                    if traced:  # run_cpu_ms: one warm-up run of `concurrency` calls, then the measured run
-                        expected = (concurrency + calls) * FULL_CALL_SPANS + 2
-                        got = collector.spans() - before
-                        if got != expected:
-                            raise RuntimeError(f"{name}: the collector received {got} spans, expected {expected}")
-    finally:
-        sinks.close()
-    return {name: statistics.median(values) for name, values in samples.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        all_sinks = AllSinks(tmp, collector_url, capture)
+        method, _, exporter = sinks.partition(":")
+        build: Callable[[], list[Sink]] = list if method == "none" else getattr(all_sinks, method)
+        if exporter:
+            build = lambda: all_sinks.otel(exporter)  # noqa: E731
+        try:
+            print(asyncio.run(run_cpu_ms(server, calls, concurrency, build)))
+        finally:
+            all_sinks.close()
 
 
 ALL_ON = "all on (JSONL+OTel+Prom)"
@@ -283,29 +328,51 @@ def main(argv: list[str] | None = None) -> None:
                         help="events carry prompts/outputs (as when content capture is on)")
     parser.add_argument("--calls", type=int, default=2000, help="complete agent calls per measured run")
     parser.add_argument("--concurrency", type=int, default=1000, help="agent calls in flight")
-    parser.add_argument("--rounds", type=int, default=3, help="measured runs per variant (median reported)")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of measured runs (medians reported)")
     parser.add_argument("--skip-events", action="store_true", help="skip the events-only part")
     parser.add_argument("--breakdown", action="store_true",
                         help="full call: also each sink alone, and OTel through the stock OTLP exporter")
     parser.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # a child: one measured run with these sinks
+    parser.add_argument("--server", help=argparse.SUPPRESS)
+    parser.add_argument("--collector-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.collector:
         serve_collector()
+        return
+    if args.run:
+        one_run(args.run, args.server, args.collector_url, args.calls, args.concurrency, args.capture)
         return
     capture: Capture = args.capture
     with tempfile.TemporaryDirectory() as tmp, Collector() as collector:
         if not args.skip_events:
             events_only(tmp, collector, args, capture)
-        full = full_agent_call(tmp, collector, capture, args.calls, args.concurrency, args.rounds, args.breakdown)
-    off, on = full["no sinks"], full[ALL_ON]
-    extra = (on - off) / off
-    print(f"\ncomplete agent call (ctx.call, one turn, 4 events, real sockets), {args.calls} calls at "
-          f"concurrency {args.concurrency}, capture={capture}, median of {args.rounds} runs each")
-    for name, ms in full.items():
-        more = "" if name == "no sinks" else f"   (+{(ms - off) * 1000:.0f} us = +{(ms - off) / off * 100:.0f}%)"
-        print(f"  {name:<28} {ms:8.3f} ms/call{more}")
+        full = full_agent_call(collector, capture, args.calls, args.concurrency, args.rounds, args.breakdown)
+    report_full_call(full, args.calls, args.concurrency, capture)
+
+
+def report_full_call(full: dict[str, list[float]], calls: int, concurrency: int, capture: str) -> None:
+    """Print each configuration's median and its extra CPU over "no sinks" of the same round.
+
+    The verdict uses the median of the per-round ratios: GC pauses and a shared machine move
+    whole runs by ±15 % here, and a ratio taken within one round cancels most of that drift.
+    """
+    off = full["no sinks"]
+    rounds = len(off)
+    print(f"\ncomplete agent call (ctx.call, one turn, 4 events, real sockets), {calls} calls at "
+          f"concurrency {concurrency}, capture={capture}, {rounds} rounds (configurations back to back)")
+    print(f"  {'':<28} {'median ms/call':>14}   extra over no sinks: median of rounds [lowest, highest]")
+    for name, values in full.items():
+        line = f"  {name:<28} {statistics.median(values):14.3f}"
+        if name != "no sinks":
+            extras = sorted((on - base) / base for on, base in zip(values, off, strict=True))
+            line += (f"   +{statistics.median(extras) * 100:.1f}%  [{extras[0] * 100:+.0f}%, {extras[-1] * 100:+.0f}%]"
+                     f"  (+{(statistics.median(values) - statistics.median(off)) * 1000:.0f} us)")
+        print(line)
+    extra = statistics.median((on - base) / base for on, base in zip(full[ALL_ON], off, strict=True))
     print(f"\nSUMMARY observe: all sinks on add {extra * 100:.1f}% CPU per agent call "
-          f"(target <= {TARGET_EXTRA * 100:.0f}%: {'OK' if extra <= TARGET_EXTRA else 'MISSED'})")
+          f"(median of {rounds} paired rounds; target <= {TARGET_EXTRA * 100:.0f}%: "
+          f"{'OK' if extra <= TARGET_EXTRA else 'MISSED'})")
 
 
 def events_only(tmp: str, collector: Collector, args: argparse.Namespace, capture: Capture) -> None:

@@ -582,9 +582,9 @@ def test_configure_tracing_otlp_exports_to_a_collector(monkeypatch: pytest.Monke
     encoded: list[int] = []
     baton_encode = otlp.encode_spans
 
-    def counting_encode(spans: Any) -> bytes:
+    def counting_encode(spans: Any, encoded_as: Any = None) -> bytes:
         encoded.append(len(spans))
-        return baton_encode(spans)
+        return baton_encode(spans, encoded_as)
 
     monkeypatch.setattr(otlp, "encode_spans", counting_encode)
     _Collector.bodies = []
@@ -620,6 +620,95 @@ def test_configure_tracing_otlp_exports_to_a_collector(monkeypatch: pytest.Monke
     expected.ParseFromString(stock_encode(kept.get_finished_spans()).SerializeToString())
     stock = [span for rs in expected.resource_spans for scope in rs.scope_spans for span in scope.spans]
     assert sorted(received, key=lambda span: span.span_id) == sorted(stock, key=lambda span: span.span_id)
+
+
+def with_hex_ids(events: list[Event]) -> list[Event]:
+    """The same events with valid span ids (the script's "R", "A1" get random ones), so two sinks agree."""
+    ids: dict[str, str] = {}
+
+    def hex_id(name: str | None) -> str | None:
+        return None if name is None else ids.setdefault(name, f"{len(ids) + 1:016x}")
+
+    return [Event(e.kind, e.run_id, e.trace_id, hex_id(e.span_id), hex_id(e.parent_id), e.data, ts=e.ts)  # type: ignore[arg-type]
+            for e in events]
+
+
+def _serve_collector() -> tuple[HTTPServer, str]:
+    _Collector.bodies = []
+    server = HTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_port}"
+
+
+def _received_spans() -> list[Any]:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    spans = []
+    for _, _, body in _Collector.bodies:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        spans += [span for rs in request.resource_spans for scope in rs.scope_spans for span in scope.spans]
+    return sorted(spans, key=lambda span: span.span_id)
+
+
+@pytest.mark.parametrize("capture", ["metadata", "full"])
+def test_otlp_spans_encoded_as_they_end_equal_the_stock_encoding(capture: str) -> None:
+    """configure_tracing("otlp") alone: the sink encodes each span as it ends, no ReadableSpan built."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as stock_encode
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.resources import Resource
+
+    events = with_hex_ids(scripted_run())
+    server, url = _serve_collector()
+    try:
+        provider = configure_tracing("otlp", endpoint=url, service_name="baton-test")
+        assert provider is not None
+        sink = OTelSink(provider, capture=capture)  # type: ignore[arg-type]
+        assert sink._fast is not None and sink._fast._direct is not None
+        emit_all([sink], events)
+        provider.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    received = _received_spans()
+    assert len(received) == 8
+    kept = InMemorySpanExporter()  # the same events through ReadableSpans and the stock encoder
+    reference = TracerProvider(resource=Resource.create({"service.name": "baton-test"}), shutdown_on_exit=False)
+    reference.add_span_processor(SimpleSpanProcessor(kept))
+    emit_all([OTelSink(reference, capture=capture)], events)  # type: ignore[arg-type]
+    expected = ExportTraceServiceRequest()
+    expected.ParseFromString(stock_encode(kept.get_finished_spans()).SerializeToString())
+    stock = [span for rs in expected.resource_spans for scope in rs.scope_spans for span in scope.spans]
+    assert received == sorted(stock, key=lambda span: span.span_id)
+    assert any(span.events for span in received) and any(span.status.code for span in received)
+
+
+def test_otlp_a_processor_added_later_sees_every_span() -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    server, url = _serve_collector()
+    try:
+        provider = configure_tracing("otlp", endpoint=url)
+        assert provider is not None
+        sink = OTelSink(provider)
+        kept = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(kept))  # after the sink chose to encode directly
+        emit_all([sink], with_hex_ids(scripted_run()))
+        provider.shutdown()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(kept.get_finished_spans()) == 8
+    assert len(_received_spans()) == 8
+
+
+def test_otlp_export_cuts_encoded_items_into_requests() -> None:
+    from baton.observe.otlp import export_requests, span_count
+
+    items: list[Any] = [(300, b"a"), (300, b"b"), "readable-span", (512, b"c"), (1, b"d")]
+    requests = export_requests(items, max_spans=512)
+    assert requests == [[(300, b"a")], [(300, b"b"), "readable-span"], [(512, b"c")], [(1, b"d")]]
+    assert [span_count(r) for r in requests] == [300, 301, 512, 1]
 
 
 def test_otlp_encoder_equals_the_stock_encoder() -> None:

@@ -8,13 +8,15 @@ as immutable (the runtime builds a fresh ``data`` dict per event).
 
 Batching: on a running event loop, ``JSONLSink``, ``OTelSink`` and ``MetricsSink`` only
 queue an event when it is emitted; the queue is worked through, in emit order and one
-event at a time across the sinks, at the end of the current loop iteration (one
-``call_soon`` per iteration, shared by all sinks). Under load an iteration carries the
-events of many concurrent agent calls, and doing them in one tight run instead of
-between network callbacks keeps the sinks' code and data in the CPU caches: about a
-quarter less CPU for the same work. The output is the same (events carry their own
-timestamps). Without a running loop, events are handled at once. ``drain()`` (called by
-each sink's ``close``) works the queue through immediately.
+event at a time across the sinks, at the end of the current loop iteration. Under load
+an iteration carries the events of many concurrent agent calls, and doing them in one
+tight run instead of between network callbacks keeps the sinks' code and data in the
+CPU caches. The output is the same (events carry their own timestamps). An
+``EventStream`` (what the runtime emits into) keeps that queue itself, one entry per
+event for all its sinks (see ``EventStream``); ``defer`` below is the same for a sink
+whose ``handle`` is called directly, with one ``call_soon`` per iteration shared by
+all such sinks. Without a running loop, events are handled at once. ``drain()``
+(called by each sink's ``close``) works the queue through immediately.
 """
 
 from __future__ import annotations

@@ -6,11 +6,19 @@ sinks, so the hot path pays for observability only when it is switched on.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+log = logging.getLogger("baton.observe")
+# Queued events are worked through early once this many wait: events kept for the end of
+# a busy iteration (hundreds of responses arrive in one) would outlive collections of the
+# garbage collector and make it run more often, for more objects.
+_FLUSH_AT = 64
 
 # Event kinds. Kept as plain strings so sinks and stored logs stay data-only.
 RUN_START = "run.start"
@@ -71,30 +79,98 @@ class Sink(Protocol):
 
 
 class EventStream:
-    """Fan events out to sinks. A failing sink is dropped from nothing else's path."""
+    """Fan events out to sinks. A failing sink is dropped from nothing else's path.
 
-    __slots__ = ("_sinks", "_listeners")
+    Sinks that can wait (``process``/``batch_done``, as the built-in JSONL, OpenTelemetry
+    and metrics sinks) are not called at emit on a running event loop: the stream queues
+    the event once and works the queue through at the end of the loop iteration (or once
+    64 events wait), one event at a time across those sinks, then calls each one's
+    ``batch_done`` (see ``baton.observe.capture`` for why). Other sinks and listeners are
+    called at once.
+    Without a running loop every sink is called at once; ``flush``/``close`` work the
+    queue through immediately.
+    """
+
+    __slots__ = ("_sinks", "_listeners", "_batched", "_immediate", "_root_hooks", "_pending", "_loop")
 
     def __init__(self, sinks: list[Sink] | None = None) -> None:
         self._sinks: list[Sink] = list(sinks or [])
         self._listeners: list[Callable[[Event], None]] = []
+        self._pending: list[Event] = []
+        self._loop: Any = None
+        self._sort_sinks()
+
+    def _sort_sinks(self) -> None:
+        self._batched: list[Any] = [s for s in self._sinks if _batched(s)]
+        self._immediate = [s for s in self._sinks if not _batched(s)]
+        # Called at emit for run-level events: e.g. the OTel sink notes the caller's current span.
+        self._root_hooks = [s.note_root for s in self._batched if callable(getattr(s, "note_root", None))]
 
     @property
     def active(self) -> bool:
         return bool(self._sinks or self._listeners)
 
     def add_sink(self, sink: Sink) -> None:
+        self.flush()  # the new sink sees events from its arrival on, as before batching
         self._sinks.append(sink)
+        self._sort_sinks()
 
     def listen(self, fn: Callable[[Event], None]) -> None:
         self._listeners.append(fn)
 
     def emit(self, event: Event) -> None:
-        for sink in self._sinks:
+        if self._batched:
+            if event.parent_id is None:
+                for hook in self._root_hooks:
+                    hook(event)
+            pending = self._pending
+            if pending and self._loop.is_running():  # the usual case: the iteration's flush is scheduled
+                pending.append(event)
+                if len(pending) >= _FLUSH_AT:
+                    self.flush()
+            else:
+                self._first(event)
+        for sink in self._immediate:
             sink.handle(event)
         for fn in self._listeners:
             fn(event)
 
+    def _first(self, event: Event) -> None:
+        """The first event of an iteration: schedule the flush (one running-loop lookup per iteration)."""
+        if self._pending:  # queued on a loop that stopped before working them through: they go first
+            self.flush()
+        loop = asyncio._get_running_loop()  # None outside a loop, without raising
+        self._pending.append(event)
+        if loop is None:
+            self.flush()
+        else:
+            self._loop = loop
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Work the queued events through the waiting sinks now."""
+        if not self._pending:
+            return
+        events = self._pending[:]
+        self._pending.clear()  # events emitted by a sink from here on start the next queue
+        sinks = self._batched
+        for event in events:
+            for sink in sinks:
+                try:
+                    sink.process(event)
+                except Exception:  # one broken sink must not stop the others or the run
+                    log.exception("baton event sink %s failed on %s", type(sink).__name__, event.kind)
+        for sink in sinks:
+            try:
+                sink.batch_done()
+            except Exception:
+                log.exception("baton event sink %s failed to finish a batch", type(sink).__name__)
+
     def close(self) -> None:
+        self.flush()
         for sink in self._sinks:
             sink.close()
+
+
+def _batched(sink: Any) -> bool:
+    return callable(getattr(sink, "process", None)) and callable(getattr(sink, "batch_done", None))

@@ -36,6 +36,7 @@ from baton.errors import UsageError
 from baton.observe import events as ev
 from baton.observe.capture import defer, drain, sanitized, sanitized_text
 from baton.observe.events import Event
+from baton.observe.otlp import MAX_SPANS_PER_ITEM, encode_span_fields, is_fast_exporter
 from baton.observe.redact import Capture, check_capture
 
 if TYPE_CHECKING:
@@ -135,17 +136,25 @@ def _root_sampler(sampler: Any) -> Any:
 class _FastSpan:
     """The part of the SDK ``Span`` API the sink uses, recorded in plain fields.
 
-    ``end`` turns it into one ``ReadableSpan`` for the span processors: no per-attribute
-    validation (the sink only sets str, bool, int, float and str tuples), no locks.
+    ``end`` turns it into one ``ReadableSpan`` for the span processors (or encodes it
+    directly, see ``_DirectQueue``): no per-attribute validation (the sink only sets str,
+    bool, int, float and str tuples), no locks. It carries its ids itself, as a
+    ``SpanContext`` would (``parent`` is a ``_FastSpan`` or the caller's ``SpanContext``):
+    one object per open span, the ``SpanContext`` built only when a ``ReadableSpan`` is.
     """
 
-    __slots__ = ("_tracer", "name", "context", "parent", "kind", "attrs", "events", "start_ns", "status")
+    __slots__ = ("_tracer", "name", "trace_id", "span_id", "trace_flags", "trace_state", "parent", "kind", "attrs",
+                 "events", "start_ns", "status")
+    is_remote = False  # as a parent: baton's spans are local
 
-    def __init__(self, tracer: _FastTracer, name: str, context: Any, parent: Any, kind: Any,
-                 attrs: dict[str, Any], start_ns: int) -> None:
+    def __init__(self, tracer: _FastTracer, name: str, trace_id: int, span_id: int, trace_flags: Any,
+                 trace_state: Any, parent: Any, kind: Any, attrs: dict[str, Any], start_ns: int) -> None:
         self._tracer = tracer
         self.name = name
-        self.context = context
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.trace_flags = trace_flags
+        self.trace_state = trace_state
         self.parent = parent
         self.kind = kind
         self.attrs = attrs
@@ -154,7 +163,7 @@ class _FastSpan:
         self.status: Any = None
 
     def get_span_context(self) -> Any:
-        return self.context
+        return self._tracer.span_context(self.trace_id, self.span_id, False, self.trace_flags, self.trace_state)
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attrs[key] = value
@@ -186,11 +195,12 @@ class _FastTracer:
         from opentelemetry.sdk.util import BoundedList
 
         self._processor = provider._active_span_processor
+        self._direct = _DirectQueue.of(provider, tracer)
         self._resource = provider.resource
         self._scope = tracer._instrumentation_scope
         self._info = tracer.instrumentation_info
         self._readable = ReadableSpan
-        self._span_context = trace.SpanContext
+        self.span_context = trace.SpanContext
         self._unset = trace.Status(trace.StatusCode.UNSET)
         self._trace = trace
         self.event_cls = SpanEvent
@@ -232,27 +242,90 @@ class _FastTracer:
 
     def start(self, name: str, parent: Any, kind: Any, attrs: dict[str, Any], start_ns: int,
               span_id: str, trace_id: str) -> _FastSpan:
+        """A span under ``parent`` (a ``_FastSpan``, the caller's valid ``SpanContext``, or None)."""
         if parent is not None:  # the parent's sampling decision holds (ParentBased's default delegates)
-            context = self._span_context(parent.trace_id, _hex_id(span_id, 16), False, parent.trace_flags,
-                                         parent.trace_state)
-            return _FastSpan(self, name, context, parent, kind, attrs, start_ns)
+            return _FastSpan(self, name, parent.trace_id, _hex_id(span_id, 16), parent.trace_flags,
+                             parent.trace_state, parent, kind, attrs, start_ns)
         trace_id_ = _hex_id(trace_id, 32)
         flags, state = self._root_flags, None
         if self._sampler is not None:  # e.g. ParentBased(TraceIdRatioBased(0.1)): asked once per trace
             result = self._sampler.should_sample(self._no_parent, trace_id_, name, kind, attrs)
             flags = self._root_flags if result.decision.is_sampled() else self._root_unsampled
             state = result.trace_state
-        context = self._span_context(trace_id_, _hex_id(span_id, 16), False, flags, state)
-        return _FastSpan(self, name, context, parent, kind, attrs, start_ns)
+        return _FastSpan(self, name, trace_id_, _hex_id(span_id, 16), flags, state, None, kind, attrs, start_ns)
+
+    def flush(self) -> None:
+        """Hand the spans encoded since the last call to the batch queue."""
+        if self._direct is not None:
+            self._direct.flush()
 
     def finish(self, span: _FastSpan, end_ns: int) -> None:
-        if not span.context.trace_flags.sampled:
+        if not span.trace_flags.sampled:
             return  # under an unsampled caller span: processors would drop it
+        direct = self._direct
+        events = span.events
+        if direct is not None and direct.current():
+            direct.add(encode_span_fields(
+                span.trace_id, span.span_id, span.trace_state, span.parent, span.name, span.kind,
+                span.start_ns, end_ns, span.attrs, events, span.status,
+                dropped_events=events.dropped if events else 0))
+            return
+        parent = span.parent
         self._processor.on_end(self._readable(
-            name=span.name, context=span.context, parent=span.parent, resource=self._resource,
-            attributes=span.attrs, events=span.events or (), kind=span.kind,
+            name=span.name, context=span.get_span_context(), resource=self._resource,
+            parent=parent.get_span_context() if type(parent) is _FastSpan else parent,
+            attributes=span.attrs, events=events or (), kind=span.kind,
             instrumentation_info=self._info, status=span.status or self._unset,
             start_time=span.start_ns, end_time=end_ns, instrumentation_scope=self._scope))
+
+
+class _DirectQueue:
+    """The batch queue of the provider ``configure_tracing("otlp")`` builds, for spans encoded as they end.
+
+    Its exporter encodes a batch anyway; with the spans already encoded, no ``ReadableSpan``
+    is built and the queue holds bytes (no work for the garbage collector) instead of span
+    objects. The spans ended in one event-loop iteration go into the queue as one item,
+    ``(count, bytes)``: the queue's ``emit`` checks the process id, a system call, per item.
+    Used only while that batch processor is the provider's one span processor.
+    """
+
+    def __init__(self, processors: Any, processor: Any, emit: Callable[[tuple[int, bytes]], None]) -> None:
+        self._processors = processors
+        self._processor = processor
+        self._emit = emit
+        self._pending: list[bytes] = []
+
+    @classmethod
+    def of(cls, provider: Any, tracer: Any) -> _DirectQueue | None:
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        processors = getattr(provider._active_span_processor, "_span_processors", None)
+        if not isinstance(processors, tuple) or len(processors) != 1 or type(processors[0]) is not BatchSpanProcessor:
+            return None
+        exporter = getattr(processors[0], "span_exporter", None)
+        emit = getattr(getattr(processors[0], "_batch_processor", None), "emit", None)
+        if not is_fast_exporter(exporter) or not callable(emit):
+            return None
+        group = (provider.resource, tracer._instrumentation_scope)
+        if exporter.encoded_as is None:
+            exporter.encoded_as = group
+        elif exporter.encoded_as[0] is not group[0] or exporter.encoded_as[1] != group[1]:
+            return None  # another provider's or tracer's spans already go through this exporter
+        return cls(processors, provider._active_span_processor, emit)
+
+    def current(self) -> bool:
+        """False once another span processor was added: from then on spans go through all of them."""
+        return self._processor._span_processors is self._processors
+
+    def add(self, encoded: bytes) -> None:
+        self._pending.append(encoded)
+
+    def flush(self) -> None:
+        pending = self._pending
+        while pending:
+            chunk = pending[:MAX_SPANS_PER_ITEM]
+            del pending[:MAX_SPANS_PER_ITEM]
+            self._emit((len(chunk), b"".join(chunk)))
 
 
 class OTelSink:
@@ -304,11 +377,15 @@ class OTelSink:
     def handle(self, event: Event) -> None:
         if defer(self, event):
             if event.parent_id is None:
-                # A root span nests under the caller's current span: note it now, while the
-                # emitting code's context is current; the span is built at the end of the iteration.
-                self._outer[id(event)] = self._context_api.get_current()
+                self.note_root(event)
         else:
             self.process(event)
+            self.batch_done()
+
+    def note_root(self, event: Event) -> None:
+        """A root span nests under the caller's current span: note it at emit, while the emitting
+        code's context is current (the span is built later, at the end of the loop iteration)."""
+        self._outer[id(event)] = self._context_api.get_current()
 
     def process(self, event: Event) -> None:
         self._outer_now = self._outer.pop(id(event), None) if self._outer else None
@@ -320,7 +397,9 @@ class OTelSink:
             handler(event, data)
 
     def batch_done(self) -> None:
-        """Spans go to the span processors as they end; nothing is held per batch."""
+        """Spans go to the span processors as they end; spans encoded directly, once per batch."""
+        if self._fast is not None:
+            self._fast.flush()
 
     def close(self) -> None:
         """End spans still open (a crashed or suspended run) and flush the provider."""
@@ -331,6 +410,7 @@ class OTelSink:
             span.end(end_time=now)
         self._spans.clear()
         self._run_spans.clear()
+        self.batch_done()
         flush = getattr(self._provider, "force_flush", None)
         if callable(flush):
             flush(5000)
@@ -358,10 +438,10 @@ class OTelSink:
         # With no baton parent, the OTel context current when the event was emitted is the
         # parent: a run started inside a traced web request nests under that request's span.
         if self._fast is not None:
-            parent_context = parent.get_span_context() if parent is not None else \
-                trace.get_current_span(self._outer_now).get_span_context()
-            return self._fast.start(name, parent_context if parent_context.is_valid else None, kind,
-                                    attrs, start_ns, event.span_id, event.trace_id)
+            if parent is None:
+                outer = trace.get_current_span(self._outer_now).get_span_context()
+                parent = outer if outer.is_valid else None
+            return self._fast.start(name, parent, kind, attrs, start_ns, event.span_id, event.trace_id)
         context = trace.set_span_in_context(parent) if parent is not None else self._outer_now  # type: ignore[arg-type]
         return self._tracer.start_span(name, context=context, kind=kind, attributes=attrs, start_time=start_ns)
 

@@ -174,6 +174,11 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None, out: list[byte
                 cache[(key, value)] = encoded
 
 
+def is_fast_exporter(exporter: Any) -> bool:
+    """Whether ``exporter`` is one ``otlp_span_exporter()`` built (it takes spans already encoded)."""
+    return bool(_exporter_class) and type(exporter) is _exporter_class[0]
+
+
 def _flags(parent: Any) -> bytes:
     flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
     return _pack_fixed32(flags)
@@ -201,42 +206,64 @@ def _kind_field(kind: Any) -> bytes:
 
 def _encode_span(span: Any) -> bytes:
     context = span.get_span_context()
-    trace_id = context.trace_id
+    return encode_span_fields(
+        context.trace_id, context.span_id, context.trace_state, span.parent, span.name, span.kind,
+        span.start_time, span.end_time, span.attributes, span.events, span.status,
+        dropped_attributes=span.dropped_attributes, dropped_events=span.dropped_events, links=span.links,
+        dropped_links=span.dropped_links)
+
+
+def encode_span_fields(trace_id: int, span_id: int, trace_state: Any, parent: Any, name: str, kind: Any,
+                       start_ns: int | None, end_ns: int | None, attributes: Mapping[str, Any] | None,
+                       events: Sequence[Any] | None, status: Any, *, dropped_attributes: int = 0,
+                       dropped_events: int = 0, links: Sequence[Any] | None = None, dropped_links: int = 0) -> bytes:
+    """One ``Span`` message from its fields (``parent`` a ``SpanContext`` or None, ``status``
+    a ``Status`` or None for unset). Baton's span sink encodes its spans with this as they
+    end, without building a ``ReadableSpan``; ``encode_spans`` uses it for SDK spans."""
     last = _last_trace[0]
     if last[0] != trace_id:
         last = _last_trace[0] = (trace_id, b"\x0a\x10" + trace_id.to_bytes(16, "big"))
-    out = [last[1], b"\x12\x08" + context.span_id.to_bytes(8, "big")]
-    state = context.trace_state
-    if state:
-        out.append(_string(b"\x1a", _trace_state(state)))
-    parent = span.parent
+    out = [last[1], b"\x12\x08" + span_id.to_bytes(8, "big")]
+    if trace_state:
+        out.append(_string(b"\x1a", _trace_state(trace_state)))
     if parent:
         out.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-    if span.name:
-        out.append(_string(b"\x2a", span.name))
-    out.append(_kind_field(span.kind))
-    if span.start_time:
-        out.append(b"\x39" + _pack_fixed64(span.start_time))
-    if span.end_time:
-        out.append(b"\x41" + _pack_fixed64(span.end_time))
-    _attributes(b"\x4a", span.attributes, out)
-    if span.dropped_attributes:
-        out.append(b"\x50" + _varint(span.dropped_attributes))
-    events = span.events
+    if name:
+        out.append(_name_field(name))
+    out.append(_kind_field(kind))
+    if start_ns:
+        out.append(b"\x39" + _pack_fixed64(start_ns))
+    if end_ns:
+        out.append(b"\x41" + _pack_fixed64(end_ns))
+    _attributes(b"\x4a", attributes, out)
+    if dropped_attributes:
+        out.append(b"\x50" + _varint(dropped_attributes))
     if events:
         for event in events:
             out.append(_field(b"\x5a", _encode_event(event)))
-    if span.dropped_events:
-        out.append(b"\x60" + _varint(span.dropped_events))
-    links = span.links
+    if dropped_events:
+        out.append(b"\x60" + _varint(dropped_events))
     if links:
         for link in links:
             out.append(_field(b"\x6a", _encode_link(link)))
-    if span.dropped_links:
-        out.append(b"\x70" + _varint(span.dropped_links))
-    out.append(_field(b"\x7a", _encode_status(span.status)))
+    if dropped_links:
+        out.append(b"\x70" + _varint(dropped_links))
+    out.append(_UNSET_STATUS if status is None else _field(b"\x7a", _encode_status(status)))
     out.append(_REMOTE_PARENT_FLAGS if parent is not None and parent.is_remote else _LOCAL_FLAGS)
-    return b"".join(out)
+    return _field(b"\x12", b"".join(out))  # as a ScopeSpans.spans entry
+
+
+_UNSET_STATUS = b"\x7a\x00"
+_names: dict[str, bytes] = {}  # span names repeat ("chat claude-...", "invoke_agent researcher")
+
+
+def _name_field(name: str) -> bytes:
+    encoded = _names.get(name)
+    if encoded is None:
+        encoded = _string(b"\x2a", name)
+        if len(_names) < _CACHE_MAX:
+            _names[name] = encoded
+    return encoded
 
 
 def _encode_event(event: Any) -> bytes:
@@ -286,11 +313,13 @@ def _encode_scope(scope: Any) -> bytes:
     return b"".join(out)
 
 
-def encode_spans(spans: Sequence[Any]) -> bytes:
+def encode_spans(spans: Sequence[Any], encoded_as: tuple[Any, Any] | None = None) -> bytes:
     """The serialized ``ExportTraceServiceRequest`` for ``spans`` (SDK ``ReadableSpan``s).
 
     Spans are grouped by resource, then instrumentation scope, in first-seen order, as
-    the stock encoder groups them.
+    the stock encoder groups them. ``(count, bytes)`` items are ``count`` spans already
+    encoded (by ``encode_span_fields``, concatenated) for the ``(resource, scope)`` in
+    ``encoded_as``.
     """
     # Keyed by identity first: hashing a Resource serializes it to JSON, and every span
     # of a provider shares one Resource object.
@@ -299,13 +328,17 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
     resources: dict[int, Any] = {}
     by_value: dict[Any, int] = {}
     for span in spans:
-        resource = span.resource
+        if type(span) is tuple:
+            if encoded_as is None:
+                raise ValueError("encoded spans need the resource and scope they were encoded for")
+            resource, scope, encoded = encoded_as[0], encoded_as[1], span[1]
+        else:
+            resource, scope, encoded = span.resource, span.instrumentation_scope, _encode_span(span)
         rid = group_of.get(id(resource))
         if rid is None:  # a Resource object not seen yet: hashed once, merged with an equal one
             rid = group_of[id(resource)] = by_value.setdefault(resource, id(resource))
             resources.setdefault(rid, resource)
-        groups.setdefault(rid, {}).setdefault(span.instrumentation_scope or None, []).append(
-            _field(b"\x12", _encode_span(span)))
+        groups.setdefault(rid, {}).setdefault(scope or None, []).append(encoded)
     out = []
     for rid, scopes in groups.items():
         resource = resources[rid]
@@ -319,6 +352,29 @@ def encode_spans(spans: Sequence[Any]) -> bytes:
             body.append(_string(b"\x1a", resource.schema_url))
         out.append(_field(b"\x0a", b"".join(body)))
     return b"".join(out)
+
+
+MAX_SPANS_PER_ITEM = 512
+"""The most spans in one encoded batch-queue item (the SDK's default export batch size)."""
+
+
+def span_count(items: Sequence[Any]) -> int:
+    """Spans in a batch of ``ReadableSpan`` and ``(count, bytes)`` items."""
+    return sum(item[0] if type(item) is tuple else 1 for item in items)
+
+
+def export_requests(items: Sequence[Any], max_spans: int = MAX_SPANS_PER_ITEM) -> list[list[Any]]:
+    """``items`` cut into requests of at most about ``max_spans`` spans (an item is never split)."""
+    requests: list[list[Any]] = [[]]
+    spans = 0
+    for item in items:
+        n = item[0] if type(item) is tuple else 1
+        if spans and spans + n > max_spans:
+            requests.append([])
+            spans = 0
+        requests[-1].append(item)
+        spans += n
+    return requests
 
 
 _exporter_class: list[type] = []
@@ -341,17 +397,33 @@ def _define_exporter() -> type:
     from opentelemetry.sdk.trace.export import SpanExportResult
 
     class FastOTLPSpanExporter(OTLPSpanExporter):  # type: ignore[misc]
-        """The stock OTLP/HTTP exporter with ``encode_spans`` as its encoder."""
+        """The stock OTLP/HTTP exporter with ``encode_spans`` as its encoder.
+
+        ``encoded_as`` is the (resource, scope) of the spans that baton's sink queues
+        already encoded (``bytes``), set by the sink; other spans arrive as ``ReadableSpan``.
+        """
+
+        encoded_as: tuple[Any, Any] | None = None
 
         def export(self, spans: Sequence[Any]) -> Any:
             client: Any = getattr(self, "_client", None)
             metrics: Any = getattr(self, "_metrics", None)
             if client is None or getattr(self, "_shutdown", True) or not hasattr(metrics, "export_operation") \
                     or not hasattr(client, "export"):
+                if any(type(span) is tuple for span in spans):  # cannot happen: encoded spans need _client
+                    log.error("OTLP: dropping encoded spans: this exporter version is not supported")
+                    return SpanExportResult.FAILURE
                 return super().export(spans)  # shut down, or an exporter version this code does not know
-            with metrics.export_operation(len(spans)) as result:  # the exporter's own metrics, as stock
+            result = SpanExportResult.SUCCESS
+            for request in export_requests(spans):
+                if self._send(client, metrics, request) is not SpanExportResult.SUCCESS:
+                    result = SpanExportResult.FAILURE
+            return result
+
+        def _send(self, client: Any, metrics: Any, spans: list[Any]) -> Any:
+            with metrics.export_operation(span_count(spans)) as result:  # the exporter's own metrics, as stock
                 try:
-                    data = encode_spans(spans)
+                    data = encode_spans(spans, self.encoded_as)
                 except Exception as exc:  # a span from other instrumentation that cannot be encoded
                     log.error("OTLP: failed to encode a span batch: %s", exc)
                     result.error = exc

@@ -70,7 +70,7 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 _generation = 0
 _any_secret: re.Pattern[str]
-_triggers: tuple[str, ...]
+_any_trigger: re.Pattern[str]
 _key_cache: dict[str, tuple[bool, str]] = {}
 _text_cache: dict[str, str] = {}
 # Content key -> the names its size fields get under "metadata" (after key redaction).
@@ -78,14 +78,14 @@ _size_keys: dict[Any, tuple[Any, Any]] = {}
 _CACHE_MAX = 4096
 _SHORT = 80  # names, ids and model ids repeat: their verdicts are cached
 
-# Substrings at least one of which occurs in anything the patterns match. ``in`` on
-# these is far cheaper than the regex, so clean text never reaches the regex.
+# Substrings at least one of which occurs in anything the patterns match. Searching for
+# these is far cheaper than the full regex, so clean text never reaches it.
 _PATTERN_TRIGGERS = ("sk-", "earer", "EARER", "asic", "ASIC", "AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
                      "xox", "eyJ", "-----BEGIN", "://")
 
 
 def _rebuild() -> None:
-    global _any_secret, _triggers, _generation
+    global _any_secret, _any_trigger, _generation
     parts = [p.pattern.replace("(?i)", "(?i:", 1) + ")" if p.pattern.startswith("(?i)") else p.pattern
              for p, _ in _SECRET_PATTERNS if not p.flags & re.S]
     # The private-key block needs DOTALL; its opening line is enough to detect it.
@@ -93,7 +93,8 @@ def _rebuild() -> None:
     ordered = sorted(_secrets, key=len, reverse=True)
     parts.extend(re.escape(s) for s in ordered)
     _any_secret = re.compile("|".join(parts))
-    _triggers = (*_PATTERN_TRIGGERS, *ordered)
+    # One literal alternation: a few times faster than testing each trigger with ``in``.
+    _any_trigger = re.compile("|".join(re.escape(t) for t in (*_PATTERN_TRIGGERS, *ordered)))
     _key_cache.clear()
     _text_cache.clear()
     _size_keys.clear()
@@ -158,12 +159,7 @@ def redact_text(text: str) -> str:
 
 
 def _redact_text(text: str) -> str:
-    for trigger in _triggers:
-        if trigger in text:
-            break
-    else:
-        return text
-    if _any_secret.search(text) is None:
+    if _any_trigger.search(text) is None or _any_secret.search(text) is None:
         return text
     for secret in sorted(_secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
