@@ -15,16 +15,19 @@ is not counted); it parses what it receives, and the benchmark checks that every
 arrived (none dropped by a full queue, which would hide their cost). Process CPU time
 counts the batch thread too; sinks are closed, and so flushed, before the clock stops.
 
-Then the full agent call (issue 7): the same complete ``ctx.call`` of a one-turn agent as
+Then the full agent call (issue 6): the same complete ``ctx.call`` of a one-turn agent as
 bench_agent_call.py (real sockets to the fake API in another process, 1,000 in flight),
-with no sinks vs all sinks on, alternating runs; the extra CPU is the share of the call
-that observability costs (target <= 20 %). ``--breakdown`` adds each sink alone and
-OpenTelemetry through the stock OTLP exporter (its protobuf-object encoder) for
-comparison.
+with no sinks vs all sinks on; the extra CPU is the share of the call that observability
+costs (target <= 20 %). Each run is a fresh process, so a run with sinks off carries none
+of their code or data (a process that already ran with sinks, or imported them, pays for
+a larger heap at every full garbage collection), and runs alternate in rounds; the
+verdict is the median over rounds of the extra CPU against the same round's run with no
+sinks. ``--breakdown`` adds each sink alone and OpenTelemetry through the stock OTLP
+exporter (its protobuf-object encoder) for comparison.
 
     .venv/bin/python benchmarks/bench_observe.py [--n 10000] [--capture metadata] [--content]
-    .venv/bin/python benchmarks/bench_observe.py --calls 5000 --rounds 5      # the full-call part, bigger
-    .venv/bin/python benchmarks/bench_observe.py --skip-events --breakdown     # only the full-call part, per sink
+    .venv/bin/python benchmarks/bench_observe.py --skip-events --calls 3000 --rounds 11   # the full-call verdict
+    .venv/bin/python benchmarks/bench_observe.py --skip-events --breakdown                # per sink
 
 ``AllSinks(tmpdir, collector_url).build()`` builds that set; the full agent-call benchmark reuses it.
 """

@@ -302,7 +302,7 @@ class _DirectQueue:
         processors = getattr(provider._active_span_processor, "_span_processors", None)
         if not isinstance(processors, tuple) or len(processors) != 1 or type(processors[0]) is not BatchSpanProcessor:
             return None
-        exporter = getattr(processors[0], "span_exporter", None)
+        exporter: Any = getattr(processors[0], "span_exporter", None)
         emit = getattr(getattr(processors[0], "_batch_processor", None), "emit", None)
         if not is_fast_exporter(exporter) or not callable(emit):
             return None
