@@ -107,12 +107,17 @@ def _key_value(key: str, value: Any) -> bytes:
 
 def _key_prefix(key: str) -> bytes:
     """The KeyValue's encoded key field; keys repeat, so they are encoded once."""
-    prefix = _key_prefixes.get(key)
-    if prefix is None:
-        prefix = _string(b"\x0a", key)
-        if len(_key_prefixes) < _CACHE_MAX:
-            _key_prefixes[key] = prefix
-    return prefix
+    return _cached_string(_key_prefixes, b"\x0a", key)
+
+
+def _cached_string(cache: dict[str, bytes], tag: bytes, text: str) -> bytes:
+    """``_string(tag, text)``, kept in ``cache`` (bounded) for text that repeats."""
+    encoded = cache.get(text)
+    if encoded is None:
+        encoded = _string(tag, text)
+        if len(cache) < _CACHE_MAX:
+            cache[text] = encoded
+    return encoded
 
 
 def _encode_attribute(tag: bytes, key: str, value: Any) -> bytes:
@@ -258,12 +263,7 @@ _names: dict[str, bytes] = {}  # span names repeat ("chat claude-...", "invoke_a
 
 
 def _name_field(name: str) -> bytes:
-    encoded = _names.get(name)
-    if encoded is None:
-        encoded = _string(b"\x2a", name)
-        if len(_names) < _CACHE_MAX:
-            _names[name] = encoded
-    return encoded
+    return _names.get(name) or _cached_string(_names, b"\x2a", name)
 
 
 def _encode_event(event: Any) -> bytes:
