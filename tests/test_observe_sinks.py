@@ -513,6 +513,48 @@ def test_otel_ratio_sampling_keeps_whole_traces() -> None:
     assert sorted(exported) == sorted([t for t in expected for _ in range(2)])  # both spans of each kept trace
 
 
+class _Recorder:
+    """A batching sink that records what it is given; ``broken`` makes ``process`` raise."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken = broken
+        self.kinds: list[str] = []
+        self.batches = 0
+
+    def handle(self, event: Event) -> None:
+        raise AssertionError("a batching sink in a stream is never called at emit")
+
+    def process(self, event: Event) -> None:
+        if self.broken:
+            raise RuntimeError("sink bug")
+        self.kinds.append(event.kind)
+
+    def batch_done(self) -> None:
+        self.batches += 1
+
+    def close(self) -> None:
+        pass
+
+
+async def test_stream_queues_once_per_iteration_and_a_broken_sink_stops_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    broken, kept = _Recorder(broken=True), _Recorder()
+    stream = EventStream([broken, kept])
+    events = scripted_run()[:3]
+    for event in events:
+        stream.emit(event)
+    assert kept.kinds == []  # queued: worked through at the end of the iteration
+    await asyncio.sleep(0)
+    assert kept.kinds == [e.kind for e in events] and kept.batches == 1
+    assert broken.batches == 1  # its batch still ends
+    assert sum("sink bug" in (r.exc_text or "") or "failed on" in r.getMessage() for r in caplog.records) == 3
+    for _ in range(70):  # more than the 64 that wait before the queue is worked through early
+        stream.emit(events[1])
+    assert len(kept.kinds) >= 3 + 64 and kept.batches >= 2
+    stream.close()
+    assert len(kept.kinds) == 3 + 70
+
+
 async def test_sinks_in_a_loop_work_at_the_end_of_the_iteration(tmp_path: Path) -> None:
     otel, exporter = traced()
     metrics = MetricsSink()

@@ -22,14 +22,11 @@ all such sinks. Without a running loop, events are handled at once. ``drain()``
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from typing import Any, Protocol
 
-from baton.observe.events import Event
+from baton.observe.events import Event, run_batch
 from baton.observe.redact import Capture, apply_capture, generation, redact_text
-
-log = logging.getLogger("baton.observe")
 
 # mode -> (event, data, secrets generation, result). Replaced whole, so readers on other
 # threads see either the old entry or the new one, never a mix.
@@ -97,15 +94,4 @@ def _run_queue(queue: list[tuple[Batched, Event]]) -> None:
         _local.state = None  # events emitted from here on start the next queue
     items = queue[:]
     queue.clear()  # drain() and the scheduled callback may both reach the same queue
-    done: dict[int, Batched] = {}
-    for sink, event in items:
-        try:
-            sink.process(event)
-        except Exception:  # one broken sink must not stop the others or the run
-            log.exception("baton event sink %s failed on %s", type(sink).__name__, event.kind)
-        done[id(sink)] = sink
-    for sink in done.values():
-        try:
-            sink.batch_done()
-        except Exception:
-            log.exception("baton event sink %s failed to finish a batch", type(sink).__name__)
+    run_batch(items, {id(sink): sink for sink, _ in items}.values())

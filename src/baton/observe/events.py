@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -154,22 +154,27 @@ class EventStream:
         events = self._pending[:]
         self._pending.clear()  # events emitted by a sink from here on start the next queue
         sinks = self._batched
-        for event in events:
-            for sink in sinks:
-                try:
-                    sink.process(event)
-                except Exception:  # one broken sink must not stop the others or the run
-                    log.exception("baton event sink %s failed on %s", type(sink).__name__, event.kind)
-        for sink in sinks:
-            try:
-                sink.batch_done()
-            except Exception:
-                log.exception("baton event sink %s failed to finish a batch", type(sink).__name__)
+        run_batch(((sink, event) for event in events for sink in sinks), sinks)
 
     def close(self) -> None:
         self.flush()
         for sink in self._sinks:
             sink.close()
+
+
+def run_batch(work: Iterable[tuple[Any, Event]], sinks: Iterable[Any]) -> None:
+    """``sink.process(event)`` for each pair in order, then each of ``sinks``' ``batch_done``.
+    A sink that fails is logged; the others and the run go on."""
+    for sink, event in work:
+        try:
+            sink.process(event)
+        except Exception:
+            log.exception("baton event sink %s failed on %s", type(sink).__name__, event.kind)
+    for sink in sinks:
+        try:
+            sink.batch_done()
+        except Exception:
+            log.exception("baton event sink %s failed to finish a batch", type(sink).__name__)
 
 
 def _batched(sink: Any) -> bool:

@@ -263,7 +263,7 @@ _names: dict[str, bytes] = {}  # span names repeat ("chat claude-...", "invoke_a
 
 
 def _name_field(name: str) -> bytes:
-    return _names.get(name) or _cached_string(_names, b"\x2a", name)
+    return _cached_string(_names, b"\x2a", name)
 
 
 def _encode_event(event: Any) -> bytes:
@@ -400,7 +400,8 @@ def _define_exporter() -> type:
         """The stock OTLP/HTTP exporter with ``encode_spans`` as its encoder.
 
         ``encoded_as`` is the (resource, scope) of the spans that baton's sink queues
-        already encoded (``bytes``), set by the sink; other spans arrive as ``ReadableSpan``.
+        already encoded, as ``(count, bytes)`` items, set by the sink; other spans arrive
+        as ``ReadableSpan``.
         """
 
         encoded_as: tuple[Any, Any] | None = None
@@ -410,8 +411,9 @@ def _define_exporter() -> type:
             metrics: Any = getattr(self, "_metrics", None)
             if client is None or getattr(self, "_shutdown", True) or not hasattr(metrics, "export_operation") \
                     or not hasattr(client, "export"):
-                if any(type(span) is tuple for span in spans):  # cannot happen: encoded spans need _client
-                    log.error("OTLP: dropping encoded spans: this exporter version is not supported")
+                if any(type(span) is tuple for span in spans):  # the stock export cannot take encoded items
+                    log.error("OTLP: dropping %d encoded spans: the exporter is shut down or of a version "
+                              "baton does not know", span_count(spans))
                     return SpanExportResult.FAILURE
                 return super().export(spans)  # shut down, or an exporter version this code does not know
             result = SpanExportResult.SUCCESS
