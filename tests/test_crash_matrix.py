@@ -517,24 +517,32 @@ def test_b_parallel_branches_committed_together_all_survive(baton: Baton, baseli
     50 branches answer in the same instant; the journal commits several of them in one
     store transaction. Kill right after such a group commit: every branch in it is durable
     and none of them is sent again on resume.
+
+    Which answers share a group depends on when they arrive: the first group of 3+ can
+    hold all 50 (the rest arrived while the first write was in flight), and then nothing
+    is left for the resume to do. Every invariant is checked on each run anyway; up to
+    five runs are made until one is killed with branches still pending.
     """
     text_in = "\n".join(BURST_ITEMS)
     baseline = baselines(FANOUT, text_in)
     server = baton.server
-    run_id = new_run_id("b-group")
-    mark = len(server.requests)
-    proc = baton.start(FANOUT, text_in, run_id, crash_at="after_group:model:3")
-    expect_killed_by_hook(proc)
-    group = [b["key"] for b in baton.report()["batch"] if b["kind"] == "model"]
-    assert len(group) >= 3
-    crashed_at = len(server.requests)
-    _, durable_records, durable = check_resume(
-        baton=baton, run_id=run_id, mark=mark, crashed_at=crashed_at, baseline=baseline,
-        ident_of_request=fanout_ident, ident_of_record=fanout_record_ident("burst"))
-    assert all(durable_records[k].status == "completed" for k in group)
-    after = idents(server, crashed_at, None, fanout_ident)
-    assert not any(after[fanout_record_ident("burst")(durable_records[k])] for k in group)
-    assert len(durable) < 50
+    for attempt in range(5):
+        run_id = new_run_id(f"b-group-{attempt}")
+        mark = len(server.requests)
+        proc = baton.start(FANOUT, text_in, run_id, crash_at="after_group:model:3")
+        expect_killed_by_hook(proc)
+        group = [b["key"] for b in baton.report()["batch"] if b["kind"] == "model"]
+        assert len(group) >= 3
+        crashed_at = len(server.requests)
+        _, durable_records, durable = check_resume(
+            baton=baton, run_id=run_id, mark=mark, crashed_at=crashed_at, baseline=baseline,
+            ident_of_request=fanout_ident, ident_of_record=fanout_record_ident("burst"))
+        assert all(durable_records[k].status == "completed" for k in group)
+        after = idents(server, crashed_at, None, fanout_ident)
+        assert not any(after[fanout_record_ident("burst")(durable_records[k])] for k in group)
+        if len(durable) < 50:
+            break
+    assert len(durable) < 50, "five runs in a row had all 50 branches durable at the first group commit"
 
 
 def test_c_run_killed_before_first_checkpoint_is_listed_and_resumable(baton: Baton, baselines: Any) -> None:
