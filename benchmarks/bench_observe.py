@@ -24,11 +24,14 @@ of their code or data (a process that already ran with sinks, or imported them, 
 a larger heap at every full garbage collection), and runs alternate in rounds; the
 verdict is the median over rounds of the extra CPU against the same round's run with no
 sinks. ``--breakdown`` adds each sink alone and OpenTelemetry through the stock OTLP
-exporter (its protobuf-object encoder) for comparison.
+exporter (its protobuf-object encoder) for comparison. ``--floors`` adds diagnostics: all
+on with one part of the sinks' work patched out of the child process (redaction and
+capture, span encoding, span building), to show what each part costs in the full call.
 
     .venv/bin/python benchmarks/bench_observe.py [--n 10000] [--capture metadata] [--content]
     .venv/bin/python benchmarks/bench_observe.py --skip-events --calls 3000 --rounds 11   # the full-call verdict
     .venv/bin/python benchmarks/bench_observe.py --skip-events --breakdown                # per sink
+    .venv/bin/python benchmarks/bench_observe.py --skip-events --floors                   # what each part costs
 
 ``AllSinks(tmpdir, collector_url).build()`` builds that set; the full agent-call benchmark reuses it.
 """
@@ -294,9 +297,52 @@ CONFIGS = {  # name -> (AllSinks method and its argument, whether spans are expo
     "prometheus": ("prometheus", False),
 }
 
+# --floors: all sinks on with one part of their work taken out (in the child process only),
+# to show what that part costs inside the complete call. Diagnostics, not settings a user has.
+FLOORS = {
+    "diag: no redaction or capture": ("build+raw", True),
+    "diag: spans built, not encoded": ("build+unencoded", True),
+    "diag: no span building": ("build+nospans", True),
+    "diag: neither spans nor redaction": ("build+nospans+raw", True),
+}
+
+
+def take_out(part: str) -> None:
+    """Patch one part of the sinks' work out of this process (``--floors``).
+
+    ``raw``: sinks get each event's data as emitted (no capture mode, no redaction).
+    ``unencoded``: spans are built as usual, then one constant pre-encoded span is queued
+    for each instead of its encoding. ``nospans``: the OpenTelemetry sink skips the agent
+    and model events and queues that constant span at each end event. In every case each
+    span still reaches the collector (the count is checked), so the export path is paid.
+    """
+    from opentelemetry.trace import SpanKind
+
+    from baton.observe import capture, otel, otlp
+
+    constant = otlp.encode_span_fields(1, 1, None, None, "diagnostic", SpanKind.INTERNAL, 1, 2, {"a": "b"},
+                                       None, None)
+    if part == "raw":
+        capture.apply_capture = lambda data, mode: data  # type: ignore[assignment]
+    elif part == "unencoded":
+        otel.encode_span_fields = lambda *args, **kwargs: constant  # type: ignore[assignment]
+    elif part == "nospans":
+        process = otel.OTelSink.process
+
+        def without_spans(self: Any, event: Event) -> None:
+            direct = self._fast._direct if self._fast is not None else None
+            if direct is None or event.kind not in ("agent.start", "agent.end", "model.request", "model.response"):
+                process(self, event)
+            elif event.kind.endswith((".end", ".response")):
+                direct.add(constant)
+
+        otel.OTelSink.process = without_spans  # type: ignore[method-assign]
+    else:
+        raise ValueError(f"unknown part to take out: {part}")
+
 
 def full_agent_call(collector: Collector, capture: Capture, calls: int, concurrency: int, rounds: int,
-                    breakdown: bool) -> dict[str, list[float]]:
+                    breakdown: bool, floors: bool = False) -> dict[str, list[float]]:
     """CPU ms per complete agent call per sink configuration ("no sinks" first), one sample per round.
 
     Each run is a fresh process (``--run``): a process with sinks off imports and keeps
@@ -308,6 +354,8 @@ def full_agent_call(collector: Collector, capture: Capture, calls: int, concurre
 
     configs = {name: spec for name, spec in CONFIGS.items() if breakdown or name == "no sinks"}
     configs[ALL_ON] = ("build", True)
+    if floors:
+        configs.update(FLOORS)
     samples: dict[str, list[float]] = {name: [] for name in configs}
     with FakeServerProcess() as url:
         for round_ in range(rounds):  # alternate, so drift on a shared machine hits every variant alike
@@ -333,6 +381,9 @@ def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency
     """The child of ``full_agent_call``: warm up, measure one run, print CPU ms per call."""
     from bench_agent_call import run_cpu_ms
 
+    sinks, *parts = sinks.split("+")
+    for part in parts:
+        take_out(part)
     with tempfile.TemporaryDirectory() as tmp:
         all_sinks = AllSinks(tmp, collector_url, capture)
         method, _, exporter = sinks.partition(":")
@@ -360,6 +411,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-events", action="store_true", help="skip the events-only part")
     parser.add_argument("--breakdown", action="store_true",
                         help="full call: also each sink alone, and OTel through the stock OTLP exporter")
+    parser.add_argument("--floors", action="store_true",
+                        help="full call: also all on with redaction, span encoding or span building taken out")
     parser.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--run", help=argparse.SUPPRESS)  # a child: one measured run with these sinks
     parser.add_argument("--server", help=argparse.SUPPRESS)
@@ -375,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp, Collector() as collector:
         if not args.skip_events:
             events_only(tmp, collector, args, capture)
-        full = full_agent_call(collector, capture, args.calls, args.concurrency, args.rounds, args.breakdown)
+        full = full_agent_call(collector, capture, args.calls, args.concurrency, args.rounds, args.breakdown,
+                               args.floors)
     report_full_call(full, args.calls, args.concurrency, capture)
 
 

@@ -52,3 +52,18 @@ def test_benchmark_runs_and_prints_its_summary(script: str) -> None:
     lines = [line for line in proc.stdout.splitlines() if line.startswith(SUMMARY[script])]
     assert len(lines) == 1, proc.stdout[-3000:]
     assert "OK" in lines[0] or "MISSED" in lines[0]  # the target is named next to the number
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_observe_floors_print_each_diagnostic() -> None:
+    """``--floors`` patches parts of the sinks' work out of its child runs; each still exports
+    every span (the benchmark checks the collector's count) and prints its extra CPU."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_observe.py"), "--skip-events", "--floors",
+                           "--calls", "100", "--concurrency", "20", "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("no redaction or capture", "spans built, not encoded", "no span building",
+                 "neither spans nor redaction"):
+        lines = [line for line in proc.stdout.splitlines() if f"diag: {name}" in line]
+        assert len(lines) == 1 and "%" in lines[0], proc.stdout[-3000:]
