@@ -5,13 +5,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
+FRESH=0
+[ -x .venv/bin/python ] || { "$PY" -m venv .venv; FRESH=1; }
 .venv/bin/python -m pip install -q --upgrade pip
-WHEELS=${BATON_WHEEL_CACHE:-$HOME/.cache/baton/wheels}
-mkdir -p "$WHEELS"
-if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-  echo "setup: building llama-cpp-python once (about 6 minutes)..." >&2
-  .venv/bin/python -m pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python>=0.3"
+# The version the tests pass with; a new release is taken on purpose, not by the next clean build.
+LLAMA=0.3.36
+LLAMA_CMAKE_ARGS=""
+FLAVOR=$(uname -m)
+if [ "$FLAVOR" = x86_64 ]; then
+  # Built for any x86-64 CPU with AVX2, not for this one (-march=native): a native build on a CPU
+  # that reports AMX runs llama.cpp's AMX kernels, which crash (SIGSEGV) in a VM that does not
+  # let the process use AMX; and a cached native wheel may not run on another machine's CPU.
+  LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+  FLAVOR=x86_64-avx2
 fi
-.venv/bin/python -m pip install -q --prefer-binary --find-links "$WHEELS" -e '.[all,dev]'
+WHEELS=${BATON_WHEEL_CACHE:-$HOME/.cache/baton/wheels}/$FLAVOR
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA"-*.whl >/dev/null 2>&1; then
+  echo "setup: building llama-cpp-python $LLAMA once (about 6 minutes)..." >&2
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" .venv/bin/python -m pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA"
+fi
+.venv/bin/python -m pip install -q --prefer-binary --find-links "$WHEELS" -e '.[all,dev]' "llama-cpp-python==$LLAMA"
+# A .venv set up before may hold another build of the same version (a native one): replace it.
+if [ "$(cat .venv/.llama-flavor 2>/dev/null)" != "$FLAVOR-$LLAMA" ]; then
+  [ "$FRESH" = 1 ] || .venv/bin/python -m pip install -q --no-deps --force-reinstall \
+    "$WHEELS"/llama_cpp_python-"$LLAMA"-*.whl
+  echo "$FLAVOR-$LLAMA" > .venv/.llama-flavor
+fi
 echo "setup: done (.venv)" >&2
