@@ -307,7 +307,7 @@ FLOORS = {
 }
 
 
-def take_out(part: str) -> None:
+def take_out(part: str, hits: dict[str, int]) -> None:
     """Patch one part of the sinks' work out of this process (``--floors``).
 
     ``raw``: sinks get each event's data as emitted (no capture mode, no redaction).
@@ -315,25 +315,43 @@ def take_out(part: str) -> None:
     for each instead of its encoding. ``nospans``: the OpenTelemetry sink skips the agent
     and model events and queues that constant span at each end event. In every case each
     span still reaches the collector (the count is checked), so the export path is paid.
+    Each replacement counts its calls in ``hits[part]``: a patch that the sinks no longer
+    reach would measure nothing, so ``one_run`` fails when a count stays 0.
     """
     from opentelemetry.trace import SpanKind
 
     from baton.observe import capture, otel, otlp
+    from baton.observe import events as ev
 
     constant = otlp.encode_span_fields(1, 1, None, None, "diagnostic", SpanKind.INTERNAL, 1, 2, {"a": "b"},
                                        None, None)
+    hits[part] = 0
+
+    def hit() -> None:
+        hits[part] += 1
+
     if part == "raw":
-        capture.apply_capture = lambda data, mode: data  # type: ignore[assignment]
+        def as_emitted(data: dict[str, Any], mode: Capture) -> dict[str, Any]:
+            hit()
+            return data
+
+        capture.apply_capture = as_emitted  # type: ignore[assignment]
     elif part == "unencoded":
-        otel.encode_span_fields = lambda *args, **kwargs: constant  # type: ignore[assignment]
+        def not_encoded(*args: Any, **kwargs: Any) -> bytes:
+            hit()
+            return constant
+
+        otel.encode_span_fields = not_encoded  # type: ignore[assignment]
     elif part == "nospans":
         process = otel.OTelSink.process
+        starts, ends = {ev.AGENT_START, ev.MODEL_REQUEST}, {ev.AGENT_END, ev.MODEL_RESPONSE}
 
         def without_spans(self: Any, event: Event) -> None:
             direct = self._fast._direct if self._fast is not None else None
-            if direct is None or event.kind not in ("agent.start", "agent.end", "model.request", "model.response"):
+            if direct is None or event.kind not in starts | ends:
                 process(self, event)
-            elif event.kind.endswith((".end", ".response")):
+            elif event.kind in ends:
+                hit()
                 direct.add(constant)
 
         otel.OTelSink.process = without_spans  # type: ignore[method-assign]
@@ -382,8 +400,9 @@ def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency
     from bench_agent_call import run_cpu_ms
 
     sinks, *parts = sinks.split("+")
+    hits: dict[str, int] = {}
     for part in parts:
-        take_out(part)
+        take_out(part, hits)
     with tempfile.TemporaryDirectory() as tmp:
         all_sinks = AllSinks(tmp, collector_url, capture)
         method, _, exporter = sinks.partition(":")
@@ -391,9 +410,14 @@ def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency
         if exporter:
             build = lambda: all_sinks.otel(exporter)  # noqa: E731
         try:
-            print(asyncio.run(run_cpu_ms(server, calls, concurrency, build)))
+            cpu_ms = asyncio.run(run_cpu_ms(server, calls, concurrency, build))
         finally:
             all_sinks.close()
+    missed = [part for part, count in hits.items() if count == 0]
+    if missed:
+        raise RuntimeError(f"--floors: the sinks never reached the patched {', '.join(missed)}: "
+                           "take_out() no longer matches the code it patches")
+    print(cpu_ms)
 
 
 ALL_ON = "all on (JSONL+OTel+Prom)"
