@@ -103,7 +103,7 @@ async def transport_rows(url: str, args: argparse.Namespace) -> list[Result]:
 
 
 async def run_cpu_ms(url: str, calls: int, concurrency: int, sinks: Callable[[], list[Sink]], *,
-                     rounds: int = 1) -> float:
+                     rounds: int = 1, call_agent: baton.Agent = agent, prompt: str = PROMPT) -> float:
     """CPU ms per agent call over whole runs of ``calls`` calls, ``concurrency`` in flight.
 
     Timed around ``Engine.run`` so that the sinks' final flush (OTel batch thread, JSONL
@@ -121,7 +121,7 @@ async def run_cpu_ms(url: str, calls: int, concurrency: int, sinks: Callable[[],
                 nonlocal remaining
                 while remaining > 0:
                     remaining -= 1
-                    await ctx.call(agent, PROMPT)
+                    await ctx.call(call_agent, prompt)
 
             await asyncio.gather(*(worker() for _ in range(min(concurrency, n))))
             return n

@@ -27,11 +27,14 @@ sinks. ``--breakdown`` adds each sink alone and OpenTelemetry through the stock 
 exporter (its protobuf-object encoder) for comparison. ``--floors`` adds diagnostics: all
 on with one part of the sinks' work patched out of the child process (redaction and
 capture, span encoding, span building), to show what each part costs in the full call.
+``--payload large`` runs the same call with working-size prompts and answer instead of
+benchmark 2's one-word exchange.
 
     .venv/bin/python benchmarks/bench_observe.py [--n 10000] [--capture metadata] [--content]
     .venv/bin/python benchmarks/bench_observe.py --skip-events --calls 3000 --rounds 11   # the full-call verdict
     .venv/bin/python benchmarks/bench_observe.py --skip-events --breakdown                # per sink
     .venv/bin/python benchmarks/bench_observe.py --skip-events --floors                   # what each part costs
+    .venv/bin/python benchmarks/bench_observe.py --skip-events --payload large            # working-size prompts
 
 ``AllSinks(tmpdir, collector_url).build()`` builds that set; the full agent-call benchmark reuses it.
 """
@@ -360,7 +363,7 @@ def take_out(part: str, hits: dict[str, int]) -> None:
 
 
 def full_agent_call(collector: Collector, capture: Capture, calls: int, concurrency: int, rounds: int,
-                    breakdown: bool, floors: bool = False) -> dict[str, list[float]]:
+                    breakdown: bool, floors: bool = False, payload: str = "small") -> dict[str, list[float]]:
     """CPU ms per complete agent call per sink configuration ("no sinks" first), one sample per round.
 
     Each run is a fresh process (``--run``): a process with sinks off imports and keeps
@@ -374,28 +377,41 @@ def full_agent_call(collector: Collector, capture: Capture, calls: int, concurre
     configs[ALL_ON] = ("build", True)
     if floors:
         configs.update(FLOORS)
+    with tempfile.TemporaryDirectory() as tmp:
+        server_args: list[str] = []
+        if payload == "large":
+            script = Path(tmp) / "reply.json"
+            script.write_bytes(orjson.dumps({"rules": [{"text": LARGE_REPLY}]}))
+            server_args = ["--script", str(script)]
+        with FakeServerProcess(*server_args) as url:
+            return _rounds(url, collector, configs, capture, calls, concurrency, rounds, payload)
+
+
+def _rounds(url: str, collector: Collector, configs: dict[str, tuple[str | None, bool]], capture: Capture,
+            calls: int, concurrency: int, rounds: int, payload: str) -> dict[str, list[float]]:
+    """``full_agent_call``'s measured runs against the fake API at ``url``."""
     samples: dict[str, list[float]] = {name: [] for name in configs}
-    with FakeServerProcess() as url:
-        for round_ in range(rounds):  # alternate, so drift on a shared machine hits every variant alike
-            order = list(configs.items())
-            for name, (sinks, traced) in order if round_ % 2 == 0 else reversed(order):
-                before = collector.spans()
-                command = [sys.executable, __file__, "--run", sinks or "none", "--server", url,
-                           "--collector-url", collector.url, "--calls", str(calls),
-                           "--concurrency", str(concurrency), "--capture", capture]
-                done = subprocess.run(command, capture_output=True, text=True, check=False)
-                if done.returncode:
-                    raise RuntimeError(f"{name}: the benchmark run failed:\n{done.stderr}")
-                samples[name].append(float(done.stdout.split()[-1]))
-                if traced:  # run_cpu_ms: one warm-up run of `concurrency` calls, then the measured run
-                    expected = (concurrency + calls) * FULL_CALL_SPANS + 2
-                    got = collector.spans() - before
-                    if got != expected:
-                        raise RuntimeError(f"{name}: the collector received {got} spans, expected {expected}")
+    for round_ in range(rounds):  # alternate, so drift on a shared machine hits every variant alike
+        order = list(configs.items())
+        for name, (sinks, traced) in order if round_ % 2 == 0 else reversed(order):
+            before = collector.spans()
+            command = [sys.executable, __file__, "--run", sinks or "none", "--server", url,
+                       "--collector-url", collector.url, "--calls", str(calls),
+                       "--concurrency", str(concurrency), "--capture", capture, "--payload", payload]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode:
+                raise RuntimeError(f"{name}: the benchmark run failed:\n{done.stderr}")
+            samples[name].append(float(done.stdout.split()[-1]))
+            if traced:  # run_cpu_ms: one warm-up run of `concurrency` calls, then the measured run
+                expected = (concurrency + calls) * FULL_CALL_SPANS + 2
+                got = collector.spans() - before
+                if got != expected:
+                    raise RuntimeError(f"{name}: the collector received {got} spans, expected {expected}")
     return samples
 
 
-def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency: int, capture: Capture) -> None:
+def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency: int, capture: Capture,
+            payload: str = "small") -> None:
     """The child of ``full_agent_call``: warm up, measure one run, print CPU ms per call."""
     from bench_agent_call import run_cpu_ms
 
@@ -410,7 +426,7 @@ def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency
         if exporter:
             build = lambda: all_sinks.otel(exporter)  # noqa: E731
         try:
-            cpu_ms = asyncio.run(run_cpu_ms(server, calls, concurrency, build))
+            cpu_ms = asyncio.run(run_cpu_ms(server, calls, concurrency, build, **payload_call(payload)))
         finally:
             all_sinks.close()
     missed = [part for part, count in hits.items() if count == 0]
@@ -421,6 +437,23 @@ def one_run(sinks: str, server: str, collector_url: str, calls: int, concurrency
 
 
 ALL_ON = "all on (JSONL+OTel+Prom)"
+
+# --payload large: the sizes of a working agent call instead of benchmark 2's one-word
+# exchange (about 2 KB of system prompt, a 0.6 KB task, a 1.4 KB answer), to show whether
+# the ratio is an artefact of a tiny call. The same one-turn call, the same 4 events.
+LARGE_SYSTEM = "You are a careful market analyst. Cite sources, keep numbers exact, prefer short paragraphs. " * 21
+LARGE_PROMPT = "Summarise the attached notes on solid-state battery suppliers and their 2026 capacity plans. " * 6
+LARGE_REPLY = "Supplier A plans 12 GWh by 2026, up from 4 GWh; Supplier B delays its pilot line to Q3. " * 16
+
+
+def payload_call(payload: str) -> dict[str, Any]:
+    """``run_cpu_ms`` keyword arguments for a payload size (none: benchmark 2's own call)."""
+    if payload == "small":
+        return {}
+    import baton
+
+    return {"call_agent": baton.Agent("analyst", system=LARGE_SYSTEM, model=MODEL, max_tokens=1024),
+            "prompt": LARGE_PROMPT}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -437,6 +470,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="full call: also each sink alone, and OTel through the stock OTLP exporter")
     parser.add_argument("--floors", action="store_true",
                         help="full call: also all on with redaction, span encoding or span building taken out")
+    parser.add_argument("--payload", default="small", choices=["small", "large"],
+                        help="full call: benchmark 2's one-word exchange, or working sizes (2 KB system prompt, "
+                             "0.6 KB task, 1.4 KB answer)")
     parser.add_argument("--collector", action="store_true", help=argparse.SUPPRESS)  # the child process
     parser.add_argument("--run", help=argparse.SUPPRESS)  # a child: one measured run with these sinks
     parser.add_argument("--server", help=argparse.SUPPRESS)
@@ -446,18 +482,19 @@ def main(argv: list[str] | None = None) -> None:
         serve_collector()
         return
     if args.run:
-        one_run(args.run, args.server, args.collector_url, args.calls, args.concurrency, args.capture)
+        one_run(args.run, args.server, args.collector_url, args.calls, args.concurrency, args.capture, args.payload)
         return
     capture: Capture = args.capture
     with tempfile.TemporaryDirectory() as tmp, Collector() as collector:
         if not args.skip_events:
             events_only(tmp, collector, args, capture)
         full = full_agent_call(collector, capture, args.calls, args.concurrency, args.rounds, args.breakdown,
-                               args.floors)
-    report_full_call(full, args.calls, args.concurrency, capture)
+                               args.floors, args.payload)
+    report_full_call(full, args.calls, args.concurrency, capture, args.payload)
 
 
-def report_full_call(full: dict[str, list[float]], calls: int, concurrency: int, capture: str) -> None:
+def report_full_call(full: dict[str, list[float]], calls: int, concurrency: int, capture: str,
+                     payload: str = "small") -> None:
     """Print each configuration's median and its extra CPU over "no sinks" of the same round.
 
     The verdict uses the median of the per-round ratios: GC pauses and a shared machine move
@@ -466,7 +503,7 @@ def report_full_call(full: dict[str, list[float]], calls: int, concurrency: int,
     off = full["no sinks"]
     rounds = len(off)
     print(f"\ncomplete agent call (ctx.call, one turn, 4 events, real sockets), {calls} calls at "
-          f"concurrency {concurrency}, capture={capture}, {rounds} rounds (configurations back to back)")
+          f"concurrency {concurrency}, capture={capture}, payload={payload}, {rounds} rounds (configurations back to back)")
     print(f"  {'':<28} {'median ms/call':>14}   extra over no sinks: median of rounds [lowest, highest]")
     for name, values in full.items():
         line = f"  {name:<28} {statistics.median(values):14.3f}"

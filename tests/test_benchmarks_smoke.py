@@ -58,11 +58,13 @@ def test_benchmark_runs_and_prints_its_summary(script: str) -> None:
 @pytest.mark.timeout(120)
 def test_observe_floors_print_each_diagnostic() -> None:
     """``--floors`` patches parts of the sinks' work out of its child runs; each still exports
-    every span (the benchmark checks the collector's count) and prints its extra CPU."""
+    every span (the benchmark checks the collector's count) and prints its extra CPU. Run with
+    ``--payload large`` (working-size prompts and answers), which the other smoke run leaves out."""
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "bench_observe.py"), "--skip-events", "--floors",
-                           "--calls", "100", "--concurrency", "20", "--rounds", "1"],
+                           "--payload", "large", "--calls", "100", "--concurrency", "20", "--rounds", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "payload=large" in proc.stdout, proc.stdout[-3000:]
     for name in ("no redaction or capture", "spans built, not encoded", "no span building",
                  "neither spans nor redaction"):
         lines = [line for line in proc.stdout.splitlines() if f"diag: {name}" in line]
