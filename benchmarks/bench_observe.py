@@ -384,7 +384,22 @@ def full_agent_call(collector: Collector, capture: Capture, calls: int, concurre
             script.write_bytes(orjson.dumps({"rules": [{"text": LARGE_REPLY}]}))
             server_args = ["--script", str(script)]
         with FakeServerProcess(*server_args) as url:
+            if payload == "large":
+                check_large_reply(url)
             return _rounds(url, collector, configs, capture, calls, concurrency, rounds, payload)
+
+
+def check_large_reply(url: str) -> None:
+    """One request at the ``--payload large`` sizes, straight to the fake API: the answer must be
+    ``LARGE_REPLY``, else the runs would measure the default one-word reply under the large label."""
+    body = {"model": MODEL, "max_tokens": 1024, "system": LARGE_SYSTEM,
+            "messages": [{"role": "user", "content": LARGE_PROMPT}]}
+    request = urllib.request.Request(url + "/v1/messages", data=orjson.dumps(body), method="POST", headers={
+        "content-type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = "".join(block.get("text", "") for block in orjson.loads(response.read())["content"])
+    if text != LARGE_REPLY:
+        raise RuntimeError(f"--payload large: the fake API answered {text[:60]!r}, not the large reply")
 
 
 def _rounds(url: str, collector: Collector, configs: dict[str, tuple[str | None, bool]], capture: Capture,
