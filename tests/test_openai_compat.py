@@ -19,8 +19,9 @@ from baton.messages import (
     ToolSpec,
     ToolUseBlock,
 )
+from baton.models._wire import parse_retry_after as retry_after
 from baton.models.base import Model
-from baton.models.openai_compat import OpenAICompatModel, retry_after
+from baton.models.openai_compat import OpenAICompatModel
 from baton.testing.fake_openai import FakeOpenAIServer, Rule
 
 WEATHER = ToolSpec(

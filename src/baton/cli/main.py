@@ -336,6 +336,8 @@ async def _close(engine: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from baton.settings import limit_arg
+
     p = argparse.ArgumentParser(prog="baton", description="Run teams of Claude agents: durable, budgeted, observable.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -354,9 +356,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no live progress on stderr")
         sp.add_argument("--cache", metavar="URL", help="exact-match result cache: sqlite:///PATH, redis://... "
                                                        "or memory:// (default: $BATON_CACHE, else none)")
-        sp.add_argument("--cache-ttl", type=float, metavar="S", help="result cache entry lifetime in seconds")
-        sp.add_argument("--budget-usd", type=float, metavar="X")
-        sp.add_argument("--budget-tokens", type=int, metavar="N")
+        sp.add_argument("--cache-ttl", type=limit_arg("number", exclusive_minimum=0), metavar="S",
+                        help="result cache entry lifetime in seconds")
+        sp.add_argument("--budget-usd", type=limit_arg("number", minimum=0), metavar="X")
+        sp.add_argument("--budget-tokens", type=limit_arg("integer", minimum=1), metavar="N")
 
     r = sub.add_parser("run", help="run a workflow file (or a Python workflow as module:function)")
     r.add_argument("workflow")

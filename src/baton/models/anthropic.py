@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -33,6 +31,7 @@ from baton.messages import (
     ToolUseBlock,
     Usage,
 )
+from baton.models._wire import invalid_usage, parse_retry_after, wire_tokens
 
 JSON = dict[str, Any]
 
@@ -124,16 +123,24 @@ def request_to_wire(request: ModelRequest, *, stream: bool = False) -> JSON:
 # --- response decoding -----------------------------------------------------------------
 
 
-def usage_from_wire(u: Mapping[str, Any] | None) -> Usage:
+def usage_from_wire(u: Mapping[str, Any] | None, request_id: str | None = None) -> Usage:
+    """The usage of a response; a count that is not a non-negative integer is a ``ProviderError``."""
     if not u:
         return Usage()
+    if not isinstance(u, Mapping):
+        raise invalid_usage(f"usage={u!r}", provider="anthropic", request_id=request_id)
     cc = u.get("cache_creation")
+
+    def count(value: Any, name: str) -> int:
+        return wire_tokens(value, name, provider="anthropic", request_id=request_id)
+
     return Usage(
-        u.get("input_tokens") or 0,
-        u.get("output_tokens") or 0,
-        u.get("cache_creation_input_tokens") or 0,
-        u.get("cache_read_input_tokens") or 0,
-        (cc.get("ephemeral_1h_input_tokens") or 0) if isinstance(cc, dict) else 0,
+        count(u.get("input_tokens"), "input_tokens"),
+        count(u.get("output_tokens"), "output_tokens"),
+        count(u.get("cache_creation_input_tokens"), "cache_creation_input_tokens"),
+        count(u.get("cache_read_input_tokens"), "cache_read_input_tokens"),
+        count(cc.get("ephemeral_1h_input_tokens"), "cache_creation.ephemeral_1h_input_tokens")
+        if isinstance(cc, dict) else 0,
     )
 
 
@@ -157,28 +164,6 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if lk.startswith(_KEPT_HEADER_PREFIXES):
             kept[lk] = v
     return kept
-
-
-def parse_retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait: ``retry-after-ms`` first, then ``retry-after`` as seconds or HTTP date."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(0.0, float(ra))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(ra)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def is_retryable(status: int, should_retry: str | None, error_code: str | None) -> bool:
@@ -396,7 +381,7 @@ class AnthropicModel:
             model=data.get("model", request.model),
             content=content,
             stop_reason=data.get("stop_reason") or "end_turn",
-            usage=usage_from_wire(data.get("usage")),
+            usage=usage_from_wire(data.get("usage"), headers.get("request-id")),
             request_id=headers.get("request-id") or data.get("request_id"),
             headers=kept_headers(headers),
         )
@@ -449,7 +434,7 @@ class AnthropicModel:
             model=msg.get("model", ""),
             content=content_from_wire(msg["content"]),
             stop_reason=msg.get("stop_reason") or "end_turn",
-            usage=usage_from_wire(msg["usage"]),
+            usage=usage_from_wire(msg["usage"], request_id),
             request_id=request_id,
             headers=kept_headers(resp.headers),
         )

@@ -9,9 +9,7 @@ are dropped connections and timeouts; other 4xx are not).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import time
 from typing import Any
 
 import aiohttp
@@ -29,6 +27,7 @@ from baton.messages import (
     ToolUseBlock,
     Usage,
 )
+from baton.models._wire import invalid_usage, parse_retry_after, wire_tokens
 
 PROVIDER = "openai"
 _STOP_REASONS = {
@@ -207,15 +206,29 @@ def parse_response(data: JSON, requested_model: str, headers: dict[str, str] | N
     stop_reason = "refusal" if refusal else _STOP_REASONS.get(str(finish), "end_turn")
     if calls and stop_reason == "end_turn":  # some servers say "stop" after tool calls
         stop_reason = "tool_use"
-    usage_data = data.get("usage") or {}
-    prompt = int(usage_data.get("prompt_tokens") or 0)
-    cached = int((usage_data.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    usage = Usage(input_tokens=max(prompt - cached, 0), output_tokens=int(usage_data.get("completion_tokens") or 0),
-                  cache_read_input_tokens=cached)
     kept = headers or {}
+    usage = _usage(data.get("usage"), kept.get("x-request-id"))
     return ModelResponse(id=str(data.get("id", "")), model=str(data.get("model") or requested_model),
                          content=content, stop_reason=stop_reason, usage=usage,
                          request_id=kept.get("x-request-id"), headers=kept)
+
+
+def _usage(data: Any, request_id: str | None) -> Usage:
+    """Usage of a response; counts that are not non-negative integers are a ``ProviderError``."""
+    if not data:
+        return Usage()
+    details = data.get("prompt_tokens_details") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(details or {}, dict):
+        raise invalid_usage(f"usage={data!r}", provider=PROVIDER, request_id=request_id)
+    prompt = wire_tokens(data.get("prompt_tokens"), "prompt_tokens", provider=PROVIDER, request_id=request_id)
+    cached = wire_tokens((details or {}).get("cached_tokens"), "prompt_tokens_details.cached_tokens",
+                         provider=PROVIDER, request_id=request_id)
+    if cached > prompt:
+        raise invalid_usage(f"cached_tokens={cached} > prompt_tokens={prompt}", provider=PROVIDER,
+                            request_id=request_id)
+    output = wire_tokens(data.get("completion_tokens"), "completion_tokens", provider=PROVIDER,
+                         request_id=request_id)
+    return Usage(input_tokens=prompt - cached, output_tokens=output, cache_read_input_tokens=cached)
 
 
 def _content_text(content: Any) -> str:
@@ -263,29 +276,7 @@ def _status_error(status: int, raw: bytes, headers: Any) -> ProviderError:
         retryable = should == "true"
     return ProviderError(f"{PROVIDER} API error {status}: {message}", status=status,
                          error_type=str(kind) if kind else None, request_id=headers.get("x-request-id"),
-                         retry_after=retry_after(headers), retryable=retryable, provider=PROVIDER)
-
-
-def retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
+                         retry_after=parse_retry_after(headers), retryable=retryable, provider=PROVIDER)
 
 
 def _kept_headers(headers: Any) -> dict[str, str]:

@@ -26,16 +26,38 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from baton.errors import CircuitOpenError, ProviderError, ToolError, WorkflowError
+from baton.settings import check_settings, setting
 
 logger = logging.getLogger(__name__)
 
 State = Literal["closed", "open", "half_open"]
 OnChange = Callable[[str, str, str], None]
 
-SETTINGS = ("failure_threshold", "cooldown_s", "half_open_max_calls", "failure_rate", "window_s")
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """A breaker's settings, declared once: ``_check_settings`` and the YAML schema's
+    ``$defs/breaker`` derive from these fields."""
+
+    failure_threshold: int = setting(5, "integer", minimum=1)
+    """Failures in the window that may open the breaker."""
+    cooldown_s: float = setting(30.0, "number", minimum=0)
+    """Seconds open before a probe is let through."""
+    half_open_max_calls: int = setting(1, "integer", minimum=1)
+    """Probes in flight at once while half-open."""
+    failure_rate: float = setting(0.5, "number", exclusive_minimum=0, maximum=1)
+    """Share of the window's calls that must have failed as well."""
+    window_s: float = setting(60.0, "number", minimum=0)
+    """How far back failures and calls are counted."""
+
+    def __post_init__(self) -> None:
+        check_settings(self, "breaker")
+
+
+SETTINGS = tuple(f.name for f in fields(BreakerSettings))
 
 
 def counts_as_failure(error: BaseException, *, count_rate_limits: bool = True) -> bool:
@@ -54,23 +76,15 @@ def counts_as_failure(error: BaseException, *, count_rate_limits: bool = True) -
 
 
 def _check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
+    for key in settings:
         if key not in SETTINGS:
             raise WorkflowError(f"unknown key {key!r}; expected one of {list(SETTINGS)}", field=f"{where}.{key}")
-        if key in ("cooldown_s", "window_s"):
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
-            expected = "a number >= 0"
-        elif key == "failure_rate":
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
-            expected = "a number in (0, 1]"
-        else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            expected = "an integer >= 1"
-        if not ok:
-            raise WorkflowError(f"must be {expected}, got {value!r}", field=f"{where}.{key}")
-        out[key] = value
-    return out
+    try:
+        BreakerSettings(**settings)
+    except WorkflowError as exc:
+        name = (exc.field or "").rpartition(".")[2]
+        raise WorkflowError(exc.problems[0]["message"], field=f"{where}.{name}") from None
+    return dict(settings)
 
 
 class CircuitBreaker:

@@ -16,21 +16,29 @@ from baton.errors import BudgetExceeded
 from baton.messages import Usage
 from baton.models.pricing import price_for
 from baton.schema import settings_from_mapping
+from baton.settings import check_settings, setting
 
 
 @dataclass(slots=True)
 class Limits:
-    budget_usd: float | None = None
-    budget_tokens: int | None = None
+    """Per-run limits. Each field declares its bounds once (``baton.settings``): building a
+    ``Limits`` checks them (NaN, infinities and negatives never pass) and the YAML schema's
+    ``limits`` derives from them."""
+
+    budget_usd: float | None = setting(None, "number", minimum=0)
+    budget_tokens: int | None = setting(None, "integer", minimum=1)
     """Input (all kinds) plus output tokens."""
-    budget_input_tokens: int | None = None
-    budget_output_tokens: int | None = None
-    max_model_calls: int | None = None
-    timeout_s: float | None = None
+    budget_input_tokens: int | None = setting(None, "integer", minimum=1)
+    budget_output_tokens: int | None = setting(None, "integer", minimum=1)
+    max_model_calls: int | None = setting(None, "integer", minimum=1)
+    timeout_s: float | None = setting(None, "number", exclusive_minimum=0)
     """Wall-time budget of one execution of the run (a resume starts a fresh one)."""
-    max_depth: int = 5
-    concurrency: int = 16
+    max_depth: int = setting(5, "integer", minimum=1)
+    concurrency: int = setting(16, "integer", minimum=1)
     """Model calls in flight at once, across the whole run."""
+
+    def __post_init__(self) -> None:
+        check_settings(self, "limits")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, *, where: str = "limits") -> Limits:

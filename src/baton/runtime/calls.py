@@ -36,9 +36,8 @@ from baton.messages import (
 from baton.models.pricing import cost_of
 from baton.observe import events as ev
 from baton.observe.events import Event, EventStream, new_id
-from baton.observe.redact import redact
 from baton.runtime.breaker import BreakerRegistry, counts_as_failure
-from baton.runtime.budget import BudgetTracker
+from baton.runtime.budget import BudgetTracker, Reservation
 from baton.runtime.journal import Journal
 from baton.runtime.retry import RetryPolicy
 from baton.runtime.routing import AUTO, ModelRouter
@@ -138,8 +137,9 @@ class Runtime:
 
     async def commit(self, record: StepRecord) -> None:
         if self.journal is not None:
-            # Registered secrets and API keys never reach the store, even inside model output.
-            record.result = redact(record.result)
+            # The journal is the truth: results are stored exactly as they happened, so a resumed
+            # run sees what the uninterrupted one saw. Redaction belongs to the sinks; stored
+            # content is protected by file modes and, where asked, encryption (stores/_codec.py).
             await self.journal.commit(record)
 
     # --- model calls ------------------------------------------------------------
@@ -205,12 +205,11 @@ class Runtime:
     async def _attempt_loop(self, ctx: RunContext, agent: Agent, key: str, wire: ModelRequest,
                             binding: ModelBinding, model_id: str, breaker: Any, policy: RetryPolicy,
                             cache_key: str | None) -> tuple[ModelResponse, float | None]:
-        chars = _request_chars(wire)
+        call = _Call(agent, key, wire, binding, model_id, breaker, cache_key, _request_chars(wire), time.time())
         attempt = 0
-        started = time.time()
         while True:
             attempt += 1
-            reservation = self.budget.reserve(model_id, chars, wire.max_tokens, price_as=binding.price_as)
+            reservation = self.budget.reserve(model_id, call.chars, wire.max_tokens, price_as=binding.price_as)
             try:
                 breaker.check()  # open: fail fast (CircuitOpenError); half-open: this call is the probe
             except CircuitOpenError:
@@ -218,37 +217,15 @@ class Runtime:
                 raise
             span = new_id()
             t0 = time.perf_counter()
-            assert self._slots is not None
             try:
-                async with self._slots:
-                    waited = await self.governor.acquire(binding.price_as, input_tokens=reservation.input_tokens,
-                                                         output_tokens=wire.max_tokens, priority=ctx.priority)
-                    if waited:
-                        self.emit(ev.RATE_LIMIT_WAIT, new_id(), ctx.span_id,
-                                  {"model": model_id, "wait_s": waited, "priority": ctx.priority})
-                    if self.events.active:
-                        data: dict[str, Any] = {"agent": agent.name, "model": model_id, "key": key,
-                                                "provider": binding.model.provider,
-                                                "prompt_version": agent.prompt_version, "attempt": attempt,
-                                                "max_tokens": wire.max_tokens,
-                                                "messages": [message_to_dict(m) for m in wire.messages]}
-                        self.emit(ev.MODEL_REQUEST, span, ctx.span_id, data)
-                    t0 = time.perf_counter()
-                    timeout = wire.timeout_s
-                    try:
-                        if timeout is None:
-                            response = await binding.model.complete(wire)
-                        else:
-                            response = await asyncio.wait_for(binding.model.complete(wire), timeout)
-                    except TimeoutError as exc:
-                        raise ProviderTimeout(f"model call to {model_id} timed out after {timeout}s",
-                                              provider=binding.model.provider) from exc
+                response = await self._send(ctx, call, reservation, span, attempt)
             except ProviderError as exc:
                 self.budget.release(reservation)
                 self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens, actual_input=0,
                                      estimated_output=wire.max_tokens, actual_output=0)
-                if exc.status == 429 and exc.retry_after:
-                    self.governor.penalize(binding.price_as, exc.retry_after)
+                retry_after = policy.retry_after_wait(exc)
+                if exc.status == 429 and retry_after:
+                    self.governor.penalize(binding.price_as, retry_after)  # held no longer than the retry waits
                 if counts_as_failure(exc, count_rate_limits=False):
                     breaker.record_failure()
                 else:
@@ -265,35 +242,85 @@ class Runtime:
                                                             "error_type": exc.error_type})
                 await self.sleep(delay)
                 continue
+            except _Cancelled as cancelled:
+                # The server answered a call whose caller was cancelled meanwhile (a gather that
+                # stopped at a budget trip): it is paid for, so it is billed and journaled.
+                await self._book(ctx, call, reservation, cancelled.response, span, attempt, cancelled.latency)
+                raise asyncio.CancelledError() from None
             except BaseException:
                 self.budget.release(reservation)
                 breaker.release()
                 raise
-            latency = time.perf_counter() - t0
-            breaker.record_success()
-            usage = response.usage
-            cost = cost_of(binding.price_as, usage)
-            self.budget.settle(reservation, usage, cost)
-            self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens,
-                                 actual_input=usage.input_tokens + usage.cache_creation_input_tokens,
-                                 estimated_output=wire.max_tokens, actual_output=usage.output_tokens)
-            if response.headers:
-                self.governor.observe_headers(binding.price_as, response.headers)
-            result = response_to_dict(response)
-            await self.commit(StepRecord(
-                self.run_id, key, "model", agent.name, "completed", result=result, started_at=started,
-                ended_at=time.time(), usage=usage.to_dict(), cost_usd=cost or 0.0, attempts=attempt,
-                meta={"model": model_id, "prompt_version": agent.prompt_version, "latency_s": latency,
-                      "stop_reason": response.stop_reason, "priced": cost is not None}))
-            if cache_key is not None and self.cache is not None:
-                await self.cache.put(cache_key, result, self.cache_ttl_s)
-            if self.events.active:
-                self.emit(ev.MODEL_RESPONSE, span, ctx.span_id, {
-                    "agent": agent.name, "model": model_id, "key": key, "prompt_version": agent.prompt_version,
-                    "usage": usage.to_dict(), "cost_usd": cost, "latency_s": latency,
-                    "stop_reason": response.stop_reason, "request_id": response.request_id,
-                    "output": result["content"]})
+            cost = await self._book(ctx, call, reservation, response, span, attempt, time.perf_counter() - t0)
             return response, cost
+
+    async def _send(self, ctx: RunContext, call: _Call, reservation: Reservation, span: str,
+                    attempt: int) -> ModelResponse:
+        """One attempt: concurrency slot, rate governor, the adapter. Raises ``_Cancelled`` when
+        the caller was cancelled but the response still arrived."""
+        wire, binding, agent = call.wire, call.binding, call.agent
+        assert self._slots is not None
+        async with self._slots:
+            waited = await self.governor.acquire(binding.price_as, input_tokens=reservation.input_tokens,
+                                                 output_tokens=wire.max_tokens, priority=ctx.priority)
+            if waited:
+                self.emit(ev.RATE_LIMIT_WAIT, new_id(), ctx.span_id,
+                          {"model": call.model_id, "wait_s": waited, "priority": ctx.priority})
+            if self.events.active:
+                data: dict[str, Any] = {"agent": agent.name, "model": call.model_id, "key": call.key,
+                                        "provider": binding.model.provider,
+                                        "prompt_version": agent.prompt_version, "attempt": attempt,
+                                        "max_tokens": wire.max_tokens,
+                                        "messages": [message_to_dict(m) for m in wire.messages]}
+                self.emit(ev.MODEL_REQUEST, span, ctx.span_id, data)
+            t0 = time.perf_counter()
+            task = asyncio.ensure_future(binding.model.complete(wire))
+            try:
+                if wire.timeout_s is None:
+                    response = await asyncio.shield(task)
+                else:
+                    async with asyncio.timeout(wire.timeout_s):
+                        response = await asyncio.shield(task)
+            except TimeoutError as exc:
+                task.cancel()
+                raise ProviderTimeout(f"model call to {call.model_id} timed out after {wire.timeout_s}s",
+                                      provider=binding.model.provider) from exc
+            except asyncio.CancelledError:
+                arrived = await _arrival(task, wire, binding.model.provider)
+                if arrived is None:
+                    raise
+                raise _Cancelled(arrived, time.perf_counter() - t0) from None
+        _check_usage(response, wire.max_tokens, binding.model.provider)
+        return response
+
+    async def _book(self, ctx: RunContext, call: _Call, reservation: Reservation, response: ModelResponse,
+                    span: str, attempt: int, latency: float) -> float | None:
+        """Bill a response that arrived, journal it, cache it, tell the sinks; its cost."""
+        agent, binding, model_id = call.agent, call.binding, call.model_id
+        call.breaker.record_success()
+        usage = response.usage
+        cost = cost_of(binding.price_as, usage)
+        self.budget.settle(reservation, usage, cost)
+        self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens,
+                             actual_input=usage.input_tokens + usage.cache_creation_input_tokens,
+                             estimated_output=call.wire.max_tokens, actual_output=usage.output_tokens)
+        if response.headers:
+            self.governor.observe_headers(binding.price_as, response.headers)
+        result = response_to_dict(response)
+        await self.commit(StepRecord(
+            self.run_id, call.key, "model", agent.name, "completed", result=result, started_at=call.started,
+            ended_at=time.time(), usage=usage.to_dict(), cost_usd=cost or 0.0, attempts=attempt,
+            meta={"model": model_id, "prompt_version": agent.prompt_version, "latency_s": latency,
+                  "stop_reason": response.stop_reason, "priced": cost is not None}))
+        if call.cache_key is not None and self.cache is not None:
+            await self.cache.put(call.cache_key, result, self.cache_ttl_s)
+        if self.events.active:
+            self.emit(ev.MODEL_RESPONSE, span, ctx.span_id, {
+                "agent": agent.name, "model": model_id, "key": call.key, "prompt_version": agent.prompt_version,
+                "usage": usage.to_dict(), "cost_usd": cost, "latency_s": latency,
+                "stop_reason": response.stop_reason, "request_id": response.request_id,
+                "output": result["content"]})
+        return cost
 
     def _cache_key(self, agent: Agent, req: ModelRequest) -> str:
         from baton.runtime.cache import cache_key
@@ -395,6 +422,71 @@ class Runtime:
                                                       "call_id": use.id, "is_error": is_error, "duration_s": duration,
                                                       "output": content})
         return ToolResultBlock(use.id, content, is_error)
+
+
+@dataclass(slots=True)
+class _Call:
+    """One model call across its attempts."""
+
+    agent: Agent
+    key: str
+    wire: ModelRequest
+    binding: ModelBinding
+    model_id: str
+    breaker: Any
+    cache_key: str | None
+    chars: int
+    started: float
+
+
+class _Cancelled(Exception):  # noqa: N818 - internal control flow, never leaves this module
+    """The caller was cancelled, but the response to the request it had sent arrived."""
+
+    def __init__(self, response: ModelResponse, latency: float) -> None:
+        super().__init__("cancelled after the response arrived")
+        self.response, self.latency = response, latency
+
+
+IN_FLIGHT_GRACE_S = 10.0
+"""How long a cancelled call waits for the answer to a request already sent, so that what the
+server bills is billed here too (a second cancellation stops the wait at once)."""
+
+
+async def _arrival(task: asyncio.Future[ModelResponse], wire: ModelRequest, provider: str) -> ModelResponse | None:
+    """The response of an in-flight request whose caller was cancelled, if it arrives in time."""
+    grace = IN_FLIGHT_GRACE_S if wire.timeout_s is None else min(wire.timeout_s, IN_FLIGHT_GRACE_S)
+    try:
+        async with asyncio.timeout(grace):
+            response = await asyncio.shield(task)
+        _check_usage(response, wire.max_tokens, provider)
+    except (TimeoutError, asyncio.CancelledError):
+        task.cancel()
+        return None
+    except Exception:  # the request failed after all, or its usage is impossible: nothing to bill
+        return None
+    return response
+
+
+MAX_INPUT_TOKENS = 10_000_000
+"""More input tokens than any context window holds: a response reporting this is broken."""
+
+
+def _check_usage(response: ModelResponse, max_tokens: int, provider: str) -> None:
+    """Usage is billed: negative, fractional or absurd counts are a provider error, never a credit."""
+    u = response.usage
+    counts = (u.input_tokens, u.output_tokens, u.cache_creation_input_tokens, u.cache_read_input_tokens,
+              u.cache_creation_1h_input_tokens)
+    for n in counts:
+        if type(n) is not int or n < 0:
+            break
+    else:
+        if u.output_tokens <= 2 * max_tokens + 64 and u.cache_creation_1h_input_tokens <= \
+                u.cache_creation_input_tokens and u.total_input_tokens <= MAX_INPUT_TOKENS:
+            return
+    rid = f" (request_id={response.request_id})" if response.request_id else ""
+    raise ProviderError(f"{provider}: the response reports impossible usage ({u.to_dict()} for max_tokens="
+                        f"{max_tokens}); it is not billed as a credit{rid}", status=200, error_type="invalid_usage",
+                        request_id=response.request_id, retryable=True, provider=provider)
 
 
 def _with_model(req: ModelRequest, model: str) -> ModelRequest:

@@ -30,12 +30,13 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from baton.errors import UsageError, WorkflowError
+from baton.errors import UsageError
 from baton.models.base import model_class
 from baton.schema import settings_from_mapping
+from baton.settings import check_settings, setting
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +59,17 @@ OnWait = Callable[[str, float, str], None]
 class RateLimits:
     """Per-minute limits of one model (or model class); ``None`` = not limited."""
 
-    rpm: float | None = None
+    rpm: float | None = setting(None, "number", exclusive_minimum=0)
     """Requests per minute."""
-    itpm: float | None = None
+    itpm: float | None = setting(None, "number", exclusive_minimum=0)
     """Input tokens per minute (uncached input + cache writes; cache reads do not count)."""
-    otpm: float | None = None
+    otpm: float | None = setting(None, "number", exclusive_minimum=0)
     """Output tokens per minute."""
-    burst_s: float | None = None
+    burst_s: float | None = setting(None, "number", exclusive_minimum=0)
     """Bucket capacity in seconds of traffic; ``None`` = the governor's default (1 s)."""
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                    or value <= 0:
-                raise WorkflowError(f"must be a positive number, got {value!r}", field=f"rate_limits.{f.name}")
+        check_settings(self, "rate_limits")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "rate_limits") -> RateLimits:

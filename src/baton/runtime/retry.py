@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from baton.errors import ProviderError, ProviderTimeout, ToolError, WorkflowError
+from baton.errors import ProviderError, ProviderTimeout, ToolError
 from baton.schema import settings_from_mapping
+from baton.settings import check_settings, setting
 
 _RNG = random.Random()
 
@@ -42,33 +43,22 @@ def is_retryable(error: BaseException, *, retry_timeouts: bool = True, retry_too
 class RetryPolicy:
     """How many attempts a call gets and the backoff between them."""
 
-    max_attempts: int = 4
+    max_attempts: int = setting(4, "integer", minimum=1)
     """Total attempts including the first; 1 disables retries."""
-    initial_delay_s: float = 0.5
+    initial_delay_s: float = setting(0.5, "number", minimum=0)
     """Upper bound of the first jittered delay."""
-    max_delay_s: float = 8.0
+    max_delay_s: float = setting(8.0, "number", minimum=0)
     """Upper bound of any backoff delay (a server retry-after may exceed it)."""
-    multiplier: float = 2.0
+    multiplier: float = setting(2.0, "number", minimum=1)
     """Growth of the delay bound per attempt."""
-    max_retry_after_s: float = 60.0
-    """A server retry-after above this is capped to it."""
-    retry_timeouts: bool = True
+    max_retry_after_s: float = setting(60.0, "number", minimum=0)
+    """A server retry-after above this is capped to it: the retry delay and the rate governor's
+    hold on the model class both wait at most this long."""
+    retry_timeouts: bool = setting(True, "boolean")
     """Retry calls that got no answer in time."""
 
     def __post_init__(self) -> None:
-        checks: list[tuple[str, bool, str]] = [
-            ("max_attempts", isinstance(self.max_attempts, int) and not isinstance(self.max_attempts, bool)
-             and self.max_attempts >= 1, "an integer >= 1"),
-            ("initial_delay_s", _is_number(self.initial_delay_s) and self.initial_delay_s >= 0, "a number >= 0"),
-            ("max_delay_s", _is_number(self.max_delay_s) and self.max_delay_s >= 0, "a number >= 0"),
-            ("multiplier", _is_number(self.multiplier) and self.multiplier >= 1, "a number >= 1"),
-            ("max_retry_after_s", _is_number(self.max_retry_after_s) and self.max_retry_after_s >= 0,
-             "a number >= 0"),
-            ("retry_timeouts", isinstance(self.retry_timeouts, bool), "true or false"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise WorkflowError(f"must be {expected}, got {getattr(self, name)!r}", field=f"retry.{name}")
+        check_settings(self, "retry")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "retry") -> RetryPolicy:
@@ -82,6 +72,14 @@ class RetryPolicy:
         except OverflowError:
             return self.max_delay_s
         return min(self.max_delay_s, bound) if math.isfinite(bound) else self.max_delay_s
+
+    def retry_after_wait(self, error: BaseException) -> float | None:
+        """The server's retry-after for ``error``, capped at ``max_retry_after_s`` (None: none given).
+        Every wait a retry-after causes (the retry delay, the rate governor's hold) is this one."""
+        retry_after = error.retry_after if isinstance(error, ProviderError) else None
+        if retry_after is None or not retry_after > 0:
+            return None
+        return min(float(retry_after), self.max_retry_after_s)
 
     def delay_for(self, attempt: int, error: BaseException, *, now: float | None = None,
                   deadline: float | None = None, rng: random.Random | None = None,
@@ -97,15 +95,11 @@ class RetryPolicy:
         if not is_retryable(error, retry_timeouts=self.retry_timeouts, retry_tool_errors=retry_tool_errors):
             return None
         delay = (rng or _RNG).uniform(0.0, self.backoff_bound(attempt))
-        retry_after = getattr(error, "retry_after", None) if isinstance(error, ProviderError) else None
-        if retry_after is not None and retry_after > 0:
-            delay = max(delay, min(float(retry_after), self.max_retry_after_s))
+        retry_after = self.retry_after_wait(error)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
         if deadline is not None:
             current = time.monotonic() if now is None else now
             if current + delay > deadline:
                 return None
         return delay
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -359,13 +359,17 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
         first = problems[0]
         raise WorkflowError(_summary(problems), file=first["file"],
                             line=first["line"], field=first["field"], problems=problems)
-    return YamlWorkflow(
-        name=data["name"], file=doc.file, root=root, agents=b.agents,
-        limits=Limits.from_dict(data.get("limits")),
-        rate_limits={k: RateLimits.from_dict(v) for k, v in (data.get("rate_limits") or {}).items()},
-        retry=RetryPolicy.from_dict(data["retry"]) if data.get("retry") else None,
-        spec=data, nested=b.nested,
-    )
+    try:  # bounds the schema cannot say (NaN, infinities) are checked by the settings themselves
+        limits = Limits.from_dict(data.get("limits"))
+        rate_limits = {k: RateLimits.from_dict(v, where=f"rate_limits.{k}")
+                       for k, v in (data.get("rate_limits") or {}).items()}
+        retry = RetryPolicy.from_dict(data["retry"]) if data.get("retry") else None
+    except WorkflowError as exc:
+        problem = doc.error(tuple((exc.field or "").split(".")), exc.problems[0]["message"])
+        raise WorkflowError(problem["message"], file=problem["file"], line=problem["line"],
+                            field=problem["field"]) from None
+    return YamlWorkflow(name=data["name"], file=doc.file, root=root, agents=b.agents, limits=limits,
+                        rate_limits=rate_limits, retry=retry, spec=data, nested=b.nested)
 
 
 def _build_file(path: FsPath, stack: tuple[str, ...]) -> YamlWorkflow:

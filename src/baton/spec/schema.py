@@ -9,22 +9,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from baton.runtime.budget import Limits
+from baton.runtime.ratelimit import RateLimits
+from baton.runtime.retry import RetryPolicy
+from baton.settings import settings_schema
+
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 POS_INT = {"type": "integer", "minimum": 1}
 POS_NUM = {"type": "number", "exclusiveMinimum": 0}
 
-RETRY = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "max_attempts": POS_INT,
-        "initial_delay_s": {"type": "number", "minimum": 0},
-        "max_delay_s": {"type": "number", "minimum": 0},
-        "multiplier": {"type": "number", "minimum": 1},
-        "max_retry_after_s": {"type": "number", "minimum": 0},
-        "retry_timeouts": {"type": "boolean"},
-    },
-}
+# Settings are declared once, on their dataclasses (``baton.settings``); these derive from them.
+RETRY = settings_schema(RetryPolicy)
+LIMITS = settings_schema(Limits)
+RATE_LIMIT = settings_schema(RateLimits, min_properties=1)
 
 AGENT_PROPS: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1},
@@ -143,18 +140,8 @@ SCHEMA: dict[str, Any] = {
         }},
         "ref": REF,
         "retry": RETRY,
-        "limits": {"type": "object", "additionalProperties": False, "properties": {
-            "budget_usd": {"type": "number", "minimum": 0},
-            "budget_tokens": POS_INT,
-            "budget_input_tokens": POS_INT,
-            "budget_output_tokens": POS_INT,
-            "max_model_calls": POS_INT,
-            "max_depth": POS_INT,
-            "timeout_s": POS_NUM,
-            "concurrency": POS_INT,
-        }},
-        "rate_limit": {"type": "object", "additionalProperties": False, "minProperties": 1, "properties": {
-            "rpm": POS_NUM, "itpm": POS_NUM, "otpm": POS_NUM}},
+        "limits": LIMITS,
+        "rate_limit": RATE_LIMIT,
         "workflow": {
             "type": "object",
             "required": ["pattern"],
