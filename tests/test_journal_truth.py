@@ -60,3 +60,59 @@ async def test_resumed_run_sees_exactly_what_the_uninterrupted_run_saw(tmp_path:
     assert whole.output == ANSWER
     assert resumed.output == whole.output  # not {"secret": "[REDACTED]", ...}
     assert isinstance(resumed.output["secret"], int)
+
+
+# --- replay compares what each model call asked for ----------------------------------------
+
+writer = baton.Agent("writer", system="You write briefs.", model="claude-haiku-4-5", max_tokens=64)
+
+
+async def brief(ctx: baton.RunContext, topic: str) -> str:
+    return (await ctx.call(writer, f"brief on {topic}")).output
+
+
+@pytest.mark.parametrize(("changed", "differs"), [
+    ({"system": "You write poems."}, "differs in system"),
+    ({"model": "claude-sonnet-4-6"}, "differs in model (journal 'claude-haiku-4-5', now 'claude-sonnet-4-6')"),
+    ({"prompt": "limericks on {topic}"}, "differs in messages"),
+    ({"output": {"type": "object", "properties": {"x": {"type": "string"}}}}, "differs in tools, output_schema"),
+])
+async def test_replay_names_what_differs_in_the_model_request(changed: dict[str, Any], differs: str) -> None:
+    from baton.errors import ReplayDivergence
+    from baton.stores.memory import MemoryStore
+    from baton.testing import ScriptedModel, text
+
+    store, model = MemoryStore(), ScriptedModel([Rule(reply=text("a brief"))])
+    done = await baton.run(brief, "tides", store=store, model=model)
+    assert (await baton.replay(done.run_id, brief, store=store)).output == "a brief"  # same request: passes
+
+    prompt = changed.pop("prompt", "brief on {topic}")
+    other = baton.Agent("writer", **{"system": writer.system, "model": writer.model, "max_tokens": 64, **changed})
+
+    async def edited(ctx: baton.RunContext, topic: str) -> Any:
+        result = await ctx.call(other, prompt.format(topic=topic))
+        return result.output
+
+    with pytest.raises(ReplayDivergence, match=f"step 0/m0: agent 'writer' now sends .*{differs.replace('(', '.').replace(')', '.')}") as info:
+        await baton.replay(done.run_id, edited, store=store)
+    assert info.value.step == "0/m0" and info.value.differs
+
+
+async def test_old_journals_without_a_fingerprint_still_replay() -> None:
+    from baton.stores.memory import MemoryStore
+    from baton.testing import ScriptedModel, text
+
+    store = MemoryStore()
+    done = await baton.run(brief, "tides", store=store, model=ScriptedModel([Rule(reply=text("a brief"))]))
+    steps = await store.load_steps(done.run_id)
+    for step in steps:
+        step.meta.pop("request", None)  # as journaled before fingerprints existed
+    await store.put_steps(steps)
+    assert (await baton.replay(done.run_id, brief, store=store)).output == "a brief"
+
+
+def test_replay_divergence_moved_to_the_error_tree_and_old_import_works() -> None:
+    from baton.errors import BatonError, ReplayDivergence
+    from baton.runtime.calls import ReplayDivergence as Old
+
+    assert Old is ReplayDivergence and issubclass(ReplayDivergence, BatonError)

@@ -142,7 +142,7 @@ class RunContext:
         if self.depth + 1 > self.max_depth:
             raise DepthExceeded(f"delegation depth {self.depth + 1} exceeds the limit of {self.max_depth}: "
                                 + " > ".join(chain), chain=list(chain))
-        rec = rt.check_replay(key, "agent", agent.name)
+        rec = rt.check_agent_replay(key, agent.name)
         if rec is not None:
             rt._replayed(rec, self.span_id)
             r = rec.result

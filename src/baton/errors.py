@@ -19,6 +19,7 @@
     ├── StoreError                 a store is unreachable or a record is corrupt
     │   └── RunNotFound            (also a UsageError)
     ├── RunOwnedElsewhere          another live process owns the run (use --force)
+    ├── ReplayDivergence           the workflow asked for another step than the journal recorded
     └── RunSuspended               control flow, not failure: the run stops resumably
         ├── ApprovalRequired       awaiting a human decision (exit 4)
         └── DecisionRequired       a non-idempotent tool was in flight at a crash (exit 4)
@@ -164,6 +165,21 @@ class RunNotFound(StoreError, UsageError):
 
 class RunOwnedElsewhere(BatonError):
     exit_code = 2
+
+
+class ReplayDivergence(BatonError):
+    """The workflow asked for a different step (or, on replay, a different model request) than
+    the journal recorded at this position. ``step`` is the key; ``differs`` names what differs."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, step: str | None = None, differs: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.differs = differs or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "step": self.step, "differs": self.differs}
 
 
 class RunSuspended(BatonError):

@@ -64,7 +64,7 @@ def is_fatal(exc: BaseException) -> bool:
     Budgets, depth, approvals, store trouble, replay divergence and cancellation are
     never swallowed by a fallback, a best-effort fan-out or a pipeline's wrapping.
     """
-    from baton.runtime.calls import ReplayDivergence
+    from baton.errors import ReplayDivergence
 
     return not isinstance(exc, Exception) or isinstance(exc, (*_FATAL, ReplayDivergence))
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from baton.errors import (
-    BatonError,
     CircuitOpenError,
     DecisionRequired,
     ProviderError,
     ProviderTimeout,
+    ReplayDivergence,
     ToolError,
 )
 from baton.messages import (
@@ -38,11 +38,15 @@ from baton.observe import events as ev
 from baton.observe.events import Event, EventStream, new_id
 from baton.runtime.breaker import BreakerRegistry, counts_as_failure
 from baton.runtime.budget import BudgetTracker, Reservation
+from baton.runtime.fingerprint import differences, request_fingerprint
 from baton.runtime.journal import Journal
 from baton.runtime.retry import RetryPolicy
 from baton.runtime.routing import AUTO, ModelRouter
 from baton.stores.base import StepRecord
 from baton.tools import Tool, ToolContext
+
+__all__ = ["IN_FLIGHT_GRACE_S", "ModelBinding", "ReplayDivergence", "Runtime"]
+"""``ReplayDivergence`` lives in ``baton.errors``; importing it from here keeps working."""
 
 if TYPE_CHECKING:
     from baton.agent import Agent
@@ -57,12 +61,6 @@ def _new_governor() -> RateGovernor:
     from baton.runtime.ratelimit import RateGovernor
 
     return RateGovernor()
-
-
-class ReplayDivergence(BatonError):
-    """The workflow asked for a different step than the journal recorded at this position."""
-
-    exit_code = 1
 
 
 @dataclass(slots=True)
@@ -129,11 +127,28 @@ class Runtime:
         if rec is not None and (rec.kind != kind or rec.name != name):
             raise ReplayDivergence(
                 f"workflow diverged from the journal at step {key}: journal has {rec.kind} {rec.name!r}, "
-                f"the workflow now asks for {kind} {name!r}")
+                f"the workflow now asks for {kind} {name!r}", step=key, differs=["kind/name"])
         if rec is None and self.replay_only:
             raise ReplayDivergence(f"workflow diverged from the journal at step {key}: the journal has no "
-                                   f"record there, the workflow now asks for {kind} {name!r}")
+                                   f"record there, the workflow now asks for {kind} {name!r}", step=key)
         return rec
+
+    def check_agent_replay(self, key: str, name: str) -> StepRecord | None:
+        """``check_replay`` for an agent step. A replay goes into a completed agent whose model
+        calls are journaled, so that each model request is compared with the one recorded."""
+        rec = self.check_replay(key, "agent", name)
+        if rec is not None and self.replay_only and self.journal is not None \
+                and self.journal.completed(f"{key}/m0") is not None:
+            return None
+        return rec
+
+    def _check_request(self, rec: StepRecord, key: str, agent: Agent, fingerprint: dict[str, str]) -> None:
+        """Replay: the model request at ``key`` must be the one journaled (old records: not checked)."""
+        differs = differences(rec.meta.get("request"), fingerprint)
+        if differs:
+            raise ReplayDivergence(
+                f"workflow diverged from the journal at step {key}: agent {agent.name!r} now sends a different "
+                f"model request; it differs in {', '.join(differs)}", step=key, differs=differs)
 
     async def commit(self, record: StepRecord) -> None:
         if self.journal is not None:
@@ -147,7 +162,10 @@ class Runtime:
     async def model_call(self, ctx: RunContext, agent: Agent, key: str,
                          request: ModelRequest) -> tuple[ModelResponse, float | None]:
         rec = self.check_replay(key, "model", agent.name)
+        fingerprint = request_fingerprint(request) if self.journal is not None else None
         if rec is not None:
+            if self.replay_only and fingerprint is not None:
+                self._check_request(rec, key, agent, fingerprint)
             self._replayed(rec, ctx.span_id)
             return response_from_dict(rec.result), rec.cost_usd
         if request.model == AUTO:
@@ -162,7 +180,7 @@ class Runtime:
                 failures.append(f"{model_id}: circuit open")
                 continue
             try:
-                return await self._attempts(ctx, agent, key, request, binding, model_id, target)
+                return await self._attempts(ctx, agent, key, request, binding, model_id, target, fingerprint)
             except (ProviderError, CircuitOpenError) as exc:
                 failures.append(f"{model_id}: {exc}")
                 last = i + 1 == len(candidates)
@@ -172,40 +190,59 @@ class Runtime:
                                target=candidates[-1])
 
     async def _attempts(self, ctx: RunContext, agent: Agent, key: str, request: ModelRequest,
-                        binding: ModelBinding, model_id: str, target: str) -> tuple[ModelResponse, float | None]:
+                        binding: ModelBinding, model_id: str, target: str,
+                        fingerprint: dict[str, str] | None) -> tuple[ModelResponse, float | None]:
         policy: RetryPolicy = agent.retry or self.retry
-        breaker = self.breakers.get(target)
         wire = request if binding.wire_model == request.model else _with_model(request, binding.wire_model)
-        cache_key = self._cache_key(agent, wire) if self.cache is not None else None
-        if cache_key is not None and self.cache is not None:
-            hit = await self.cache.get(cache_key)
+        call = _Call(agent, key, wire, binding, model_id, self.breakers.get(target), None, _request_chars(wire),
+                     time.time(), fingerprint)
+        if self.cache is not None:
+            call.cache_key = self._cache_key(agent, wire)
+            hit = await self._cache_hit(ctx, call)
             if hit is not None:
-                response = response_from_dict(hit)
-                await self.commit(StepRecord(self.run_id, key, "model", agent.name, "completed",
-                                             result=hit, started_at=time.time(), ended_at=time.time(),
-                                             usage={}, cost_usd=0.0,
-                                             meta={"model": model_id, "cache_hit": True,
-                                                   "prompt_version": agent.prompt_version}))
-                self.emit(ev.CACHE_HIT, new_id(), ctx.span_id, {"agent": agent.name, "model": model_id, "key": key})
-                return response, 0.0
+                return hit, 0.0
         if not agent.cache_prompt:
-            return await self._attempt_loop(ctx, agent, key, wire, binding, model_id, breaker, policy, cache_key)
+            return await self._attempt_loop(ctx, call, policy)
         # A prompt-cache entry is readable only once the first response has begun: let the first
         # call with this prefix go alone and release the rest of a fan-out when it answers.
         gate = self._warm.get(agent.prompt_version)
         if gate is None:
             gate = self._warm[agent.prompt_version] = asyncio.Event()
             try:
-                return await self._attempt_loop(ctx, agent, key, wire, binding, model_id, breaker, policy, cache_key)
+                return await self._attempt_loop(ctx, call, policy)
             finally:
                 gate.set()
         await gate.wait()
-        return await self._attempt_loop(ctx, agent, key, wire, binding, model_id, breaker, policy, cache_key)
+        return await self._attempt_loop(ctx, call, policy)
 
-    async def _attempt_loop(self, ctx: RunContext, agent: Agent, key: str, wire: ModelRequest,
-                            binding: ModelBinding, model_id: str, breaker: Any, policy: RetryPolicy,
-                            cache_key: str | None) -> tuple[ModelResponse, float | None]:
-        call = _Call(agent, key, wire, binding, model_id, breaker, cache_key, _request_chars(wire), time.time())
+    async def _cache_hit(self, ctx: RunContext, call: _Call) -> ModelResponse | None:
+        """A cached answer, journaled exactly as cached (an entry that is no response is a miss)."""
+        assert self.cache is not None and call.cache_key is not None
+        hit = await self.cache.get(call.cache_key)
+        if hit is None:
+            return None
+        try:
+            response = response_from_dict(hit)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None  # not a response: call the model, and the fresh answer replaces the entry
+        agent = call.agent
+        await self.commit(StepRecord(self.run_id, call.key, "model", agent.name, "completed",
+                                     result=hit, started_at=time.time(), ended_at=time.time(),
+                                     usage={}, cost_usd=0.0, meta=self._meta(call, cache_hit=True)))
+        self.emit(ev.CACHE_HIT, new_id(), ctx.span_id, {"agent": agent.name, "model": call.model_id, "key": call.key})
+        return response
+
+    @staticmethod
+    def _meta(call: _Call, **extra: Any) -> dict[str, Any]:
+        meta: dict[str, Any] = {"model": call.model_id, "prompt_version": call.agent.prompt_version, **extra}
+        if call.fingerprint is not None:
+            meta["request"] = call.fingerprint
+        return meta
+
+    async def _attempt_loop(self, ctx: RunContext, call: _Call,
+                            policy: RetryPolicy) -> tuple[ModelResponse, float | None]:
+        agent, key, wire, binding, model_id, breaker = (call.agent, call.key, call.wire, call.binding,
+                                                         call.model_id, call.breaker)
         attempt = 0
         while True:
             attempt += 1
@@ -310,8 +347,7 @@ class Runtime:
         await self.commit(StepRecord(
             self.run_id, call.key, "model", agent.name, "completed", result=result, started_at=call.started,
             ended_at=time.time(), usage=usage.to_dict(), cost_usd=cost or 0.0, attempts=attempt,
-            meta={"model": model_id, "prompt_version": agent.prompt_version, "latency_s": latency,
-                  "stop_reason": response.stop_reason, "priced": cost is not None}))
+            meta=self._meta(call, latency_s=latency, stop_reason=response.stop_reason, priced=cost is not None)))
         if call.cache_key is not None and self.cache is not None:
             await self.cache.put(call.cache_key, result, self.cache_ttl_s)
         if self.events.active:
@@ -437,6 +473,7 @@ class _Call:
     cache_key: str | None
     chars: int
     started: float
+    fingerprint: dict[str, str] | None
 
 
 class _Cancelled(Exception):  # noqa: N818 - internal control flow, never leaves this module

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from baton.errors import (
     BatonError,
     BudgetExceeded,
+    ReplayDivergence,
     RunOwnedElsewhere,
     RunSuspended,
     UsageError,
@@ -28,7 +29,7 @@ from baton.observe import events as ev
 from baton.observe.events import EventStream, Sink, new_id
 from baton.runtime.breaker import BreakerRegistry
 from baton.runtime.budget import BudgetTracker, Limits
-from baton.runtime.calls import ModelBinding, ReplayDivergence, Runtime
+from baton.runtime.calls import ModelBinding, Runtime
 from baton.runtime.journal import Journal
 from baton.runtime.ownership import HEARTBEAT_S, LEASE_S, describe, new_owner, owner_is_dead
 from baton.runtime.retry import RetryPolicy
