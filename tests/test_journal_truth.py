@@ -116,3 +116,60 @@ def test_replay_divergence_moved_to_the_error_tree_and_old_import_works() -> Non
     from baton.runtime.calls import ReplayDivergence as Old
 
     assert Old is ReplayDivergence and issubclass(ReplayDivergence, BatonError)
+
+
+# --- the result cache and the journal agree on what a call returned ---------------------------
+
+
+async def test_cache_and_journal_hold_the_same_answer(tmp_path: Path) -> None:
+    from baton.runtime.cache import SQLiteResultCache
+
+    cache = SQLiteResultCache(str(tmp_path / "cache.db"))
+    store = f"sqlite:///{tmp_path / 'runs.db'}"
+    async with FakeAnthropicServer([Rule(reply=json_reply(ANSWER))]) as server:
+        model = AnthropicModel(api_key=KEY, base_url=server.url)
+        try:
+            fresh = await baton.run(extract, "find it", store=store, model=model, cache=cache)
+            cached = await baton.run(extract, "find it", store=store, model=model, cache=cache)
+        finally:
+            await model.aclose()
+        assert len(server.requests) == 1  # the second run was answered by the cache
+    from baton.stores import open_store
+
+    st = open_store(store)
+    try:
+        miss = {s.key: s for s in await st.load_steps(fresh.run_id)}["0/m0"]
+        hit = {s.key: s for s in await st.load_steps(cached.run_id)}["0/m0"]
+    finally:
+        await st.close()
+    entry = await cache.get(_only_key(tmp_path / "cache.db"))
+    await cache.close()
+    assert hit.meta.get("cache_hit") is True and not miss.meta.get("cache_hit")
+    assert miss.result == entry == hit.result  # one answer, stored the same in all three places
+    assert "hunter2hunter2" in str(entry) and cached.output == fresh.output == ANSWER
+
+
+def _only_key(path: Path) -> str:
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        (key,), = conn.execute("SELECT key FROM baton_result_cache").fetchall()
+    return str(key)
+
+
+async def test_a_cache_entry_that_is_no_response_is_a_miss(tmp_path: Path) -> None:
+    from baton.runtime.cache import MemoryResultCache
+
+    cache = MemoryResultCache()
+    async with FakeAnthropicServer([Rule(reply=json_reply(ANSWER))]) as server:
+        model = AnthropicModel(api_key=KEY, base_url=server.url)
+        try:
+            first = await baton.run(extract, "find it", store="memory://", model=model, cache=cache)
+            (key,) = list(cache._entries)
+            await cache.put(key, {"content": "not a list of blocks"})  # e.g. a shared cache written by anyone
+            second = await baton.run(extract, "find it", store="memory://", model=model, cache=cache)
+        finally:
+            await model.aclose()
+        assert len(server.requests) == 2
+    assert second.status == "succeeded" and second.output == first.output
+    assert (await cache.get(key) or {}).get("content") != "not a list of blocks"  # replaced by the fresh answer
