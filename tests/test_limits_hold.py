@@ -28,7 +28,7 @@ from baton.runtime.engine import Engine
 from baton.runtime.ratelimit import RateGovernor, RateLimits
 from baton.runtime.retry import RetryPolicy
 from baton.stores.memory import MemoryStore
-from baton.testing import FakeAnthropicServer, Fault, Rule, text
+from baton.testing import FakeAnthropicServer, Fault, text
 
 pytestmark = pytest.mark.timeout(60)
 
