@@ -188,8 +188,7 @@ def test_every_dataclass_setting_is_accepted_by_the_yaml_schema(tmp_path: Path, 
         wf = tmp_path / f"{f.name}.yaml"
         wf.write_text(yaml.safe_dump(doc))
         built = load_workflow_file(wf)  # raises WorkflowError if the schema rejected the key
-        got = {Limits: lambda: built.limits, RetryPolicy: lambda: built.retry,
-               RateLimits: lambda: built.rate_limits[HAIKU]}[cls]()
+        got = built.limits if cls is Limits else built.retry if cls is RetryPolicy else built.rate_limits[HAIKU]
         assert getattr(got, f.name) == value, f.name
 
 
