@@ -18,6 +18,7 @@ from baton.testing import FakeAnthropicServer, Rule, text, tool_call
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "sk-ant-api03-PLANTEDkey0123456789abcdefghijklmnopqrstuvwxyzABCDEFGH-planted"
 MARKED = "MARKED-7f3a9c1e"
+STORE_KEY = "Cq1PqgQ8Zl0uV2u7q3V3nS2x8v7bq0cQkzJ0y9i2Y3w="
 
 
 def _free_port() -> int:
@@ -44,8 +45,10 @@ def test_planted_secrets_never_leave_the_process(tmp_path: Path) -> None:
         log = tmp_path / "events.jsonl"
         port = _free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BATON_"))}
+        # The journal stores what happened (the tool argument included); stored content is
+        # protected by encryption at rest, not by rewriting it.
         env.update({"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": server.url, "CUSTOMER_SECRET": MARKED,
-                    "BATON_STORE": f"sqlite:///{db}"})
+                    "BATON_STORE": f"sqlite:///{db}", "BATON_STORE_KEY": STORE_KEY})
         cmd = [sys.executable, "-m", "baton", "run", str(wf), "--input", "go", "--json", "--capture", "none",
                "--log-jsonl", str(log), "--trace", "console", "--metrics-port", str(port), "--run-id", "secret-run"]
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -73,7 +76,8 @@ def test_planted_secrets_never_leave_the_process(tmp_path: Path) -> None:
         assert scraped, "the metrics endpoint was never scraped while the run was live"
         sinks = {
             "stdout": out, "stderr (progress + console spans)": err, "jsonl": log.read_text(),
-            "metrics": scraped, "journal db": db.read_bytes().decode("utf-8", "replace"),
+            "metrics": scraped, "journal db (encrypted)": b"".join(p.read_bytes() for p in tmp_path.glob("runs.db*")).decode(
+                "utf-8", "replace"),
             "show --json": show.stdout, "show": show_text.stdout,
         }
         assert "gen_ai" in err  # console spans were really written

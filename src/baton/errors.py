@@ -17,7 +17,8 @@
     │   ├── MaxTurnsExceeded       an agent's tool loop ran out of turns
     │   └── RunTimeout             a run's or an agent's timeout
     ├── StoreError                 a store is unreachable or a record is corrupt
-    │   └── RunNotFound            (also a UsageError)
+    │   ├── RunNotFound            (also a UsageError)
+    │   └── StoreKeyError          encrypted content and no key, or the wrong one (also a UsageError)
     ├── RunOwnedElsewhere          another live process owns the run (use --force)
     ├── ReplayDivergence           the workflow asked for another step than the journal recorded
     └── RunSuspended               control flow, not failure: the run stops resumably
@@ -160,6 +161,12 @@ class StoreError(BatonError):
 
 
 class RunNotFound(StoreError, UsageError):
+    exit_code = 2
+
+
+class StoreKeyError(StoreError, UsageError):
+    """Stored content is encrypted and ``BATON_STORE_KEY`` is missing or not its key."""
+
     exit_code = 2
 
 

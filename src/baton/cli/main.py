@@ -223,7 +223,7 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
 
 async def _cmd_show(args: argparse.Namespace) -> int:
     from baton.cli.views import show_json, show_text
-    from baton.observe.redact import redact
+    from baton.observe.redact import redact, redact_text
 
     store = await _open(args)
     try:
@@ -235,7 +235,7 @@ async def _cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(redact(show_json(run, steps, transitions)))
     else:
-        print(show_text(run, steps, transitions))
+        print(redact_text(show_text(run, steps, transitions)))  # the journal is raw: display is a sink
     return 0
 
 

@@ -23,7 +23,9 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import orjson
 
-from baton.errors import StoreError, UsageError
+from baton.errors import StoreError, StoreKeyError, UsageError
+from baton.stores import _seal
+from baton.stores._files import prepare_private_file, tighten
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +75,9 @@ class ResultCache(Protocol):
 def _encode(value: dict[str, Any]) -> bytes:
     if not isinstance(value, dict):
         raise UsageError(f"cache values must be JSON objects, got {type(value).__name__}")
+    box = _seal.cipher()  # with BATON_STORE_KEY set, cached answers are encrypted like the journal
     try:
-        return orjson.dumps(value)
+        return orjson.dumps(value if box is None else _seal.seal(value, box))
     except TypeError as exc:
         raise UsageError(f"cache value is not JSON-serializable: {exc}") from exc
 
@@ -87,6 +90,11 @@ def _decode(blob: bytes | str | None) -> dict[str, Any] | None:
         value = orjson.loads(blob)
     except orjson.JSONDecodeError:
         return None
+    if _seal.is_sealed(value):
+        try:
+            value = _seal.unseal(value, what="a result cache entry")
+        except StoreKeyError:  # sealed with another key (or none set): a miss, overwritten on put
+            return None
     return value if isinstance(value, dict) else None
 
 
@@ -172,14 +180,15 @@ class SQLiteResultCache:
 
     def _with_conn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:  # created on the worker thread, used only there
-            if self.path != ":memory:":
-                parent = os.path.dirname(os.path.abspath(self.path))
-                os.makedirs(parent, exist_ok=True)
+            if self.path != ":memory:":  # cached answers are stored content: 0600 file, 0700 folders
+                prepare_private_file(os.path.abspath(self.path), "SQLite result cache")
             conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA busy_timeout=30000")
                 conn.execute(_SQLITE_SCHEMA)
+                if self.path != ":memory:":
+                    tighten(os.path.abspath(self.path))
             except sqlite3.Error:
                 conn.close()
                 raise

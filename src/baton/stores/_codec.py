@@ -5,6 +5,9 @@ Everything a store writes goes through ``encode`` and everything it reads throug
 raises ``StoreError`` naming the record before anything is written, and a stored value
 that does not decode raises ``StoreError`` naming the run (and step or state key).
 Nothing is ever unpickled or evaluated.
+
+Content (a step's result and error, a run's input, output and error, state values) is
+sealed here when ``BATON_STORE_KEY`` is set (``_seal``), so every backend encrypts alike.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from baton.errors import StoreError
+from baton.stores import _seal
 from baton.stores.base import Owner, RunRecord, StepRecord, Transition
+
+_RUN_CONTENT = ("input", "output", "error")
+_STEP_CONTENT = ("result", "error")
 
 
 def encode(value: Any, *, what: str) -> str:
@@ -51,6 +58,10 @@ def encode_run(run: RunRecord, where: str) -> tuple[str, str | None]:
     # A shallow dict is enough: orjson walks nested values itself (and is far faster
     # than dataclasses.asdict's deep copy), giving the same JSON as ``run.to_dict()``.
     body = {f.name: getattr(run, f.name) for f in fields(run) if f.name != "owner"}
+    box = _seal.cipher()
+    if box is not None:
+        for name in _RUN_CONTENT:
+            body[name] = _seal.seal(body[name], box)
     what = run_what(run.run_id, where)
     owner = encode(run.owner.to_dict(), what=what) if run.owner else None
     return encode(body, what=what), owner
@@ -86,11 +97,18 @@ def encode_owner(owner: Owner, run_id: str, where: str) -> str:
     return encode(owner.to_dict(), what=run_what(run_id, where))
 
 
-def decode_run(data: str | bytes | None, owner: str | bytes | None, *, run_id: str, where: str) -> RunRecord:
+def decode_run(data: str | bytes | None, owner: str | bytes | None, *, run_id: str, where: str,
+               listing: bool = False) -> RunRecord:
+    """``listing``: a run whose content is sealed and no key is set is listed without it."""
     what = run_what(run_id, where)
     body = decode(data, what=what)
     if not isinstance(body, dict):
         raise StoreError(f"corrupt {what}: expected a JSON object, found {type(body).__name__}")
+    for name in _RUN_CONTENT:
+        value = body.get(name)
+        if type(value) is dict and _seal.MARK in value:
+            body[name] = None if listing and _seal.cipher() is None else \
+                _seal.unseal(value, what=f"the {name} of run {run_id!r} in {where}")
     if owner is not None:
         body["owner"] = decode(owner, what=what)
     try:
@@ -100,8 +118,19 @@ def decode_run(data: str | bytes | None, owner: str | bytes | None, *, run_id: s
 
 
 def encode_step(step: StepRecord, where: str) -> str:
-    """The same JSON as ``step.to_dict()``: orjson serializes the dataclass directly."""
-    return encode(step, what=step_what(step.run_id, step.key, where))
+    """The same JSON as ``step.to_dict()``: orjson serializes the dataclass directly (its
+    result and error sealed first when a store key is set)."""
+    what = step_what(step.run_id, step.key, where)
+    box = _seal.cipher()
+    if box is None:
+        return encode(step, what=what)
+    body = {f.name: getattr(step, f.name) for f in fields(step)}
+    try:
+        for name in _STEP_CONTENT:
+            body[name] = _seal.seal(body[name], box)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise StoreError(f"cannot store {what}: value is not JSON-serializable ({exc})") from exc
+    return encode(body, what=what)
 
 
 def decode_step(data: str | bytes | None, *, run_id: str, key: str, where: str) -> StepRecord:
@@ -109,6 +138,10 @@ def decode_step(data: str | bytes | None, *, run_id: str, key: str, where: str) 
     body = decode(data, what=what)
     if not isinstance(body, dict):
         raise StoreError(f"corrupt {what}: expected a JSON object, found {type(body).__name__}")
+    for name in _STEP_CONTENT:
+        value = body.get(name)
+        if type(value) is dict and _seal.MARK in value:
+            body[name] = _seal.unseal(value, what=what)
     try:
         return StepRecord.from_dict(body)
     except (KeyError, TypeError, ValueError) as exc:
@@ -138,6 +171,21 @@ def decode_transition(data: str | bytes, *, run_id: str, where: str) -> Transiti
 
 def state_what(namespace: str, key: str, where: str) -> str:
     return f"state {key!r} in namespace {namespace!r} in {where}"
+
+
+def encode_state(value: Any, *, what: str) -> str:
+    """A state value as JSON text, sealed when a store key is set."""
+    box = _seal.cipher()
+    if box is None:
+        return encode(value, what=what)
+    try:
+        return encode(_seal.seal(value, box), what=what)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise StoreError(f"cannot store {what}: value is not JSON-serializable ({exc})") from exc
+
+
+def decode_state(data: str | bytes | None, *, what: str) -> Any:
+    return _seal.unseal(decode(data, what=what), what=what)
 
 
 def redact_url(url: str) -> str:

@@ -212,8 +212,8 @@ class PostgresStore:
                         await conn.close()
                 raise
 
-    def _decode_run(self, run_id: str, data: str, owner: str | None) -> RunRecord:
-        return _codec.decode_run(data, owner, run_id=run_id, where=self.url)
+    def _decode_run(self, run_id: str, data: str, owner: str | None, listing: bool = False) -> RunRecord:
+        return _codec.decode_run(data, owner, run_id=run_id, where=self.url, listing=listing)
 
     # -- runs -------------------------------------------------------------------------
 
@@ -241,7 +241,7 @@ class PostgresStore:
             cur = await conn.execute("SELECT run_id, data::text, owner::text FROM baton_runs"
                                      " ORDER BY created_at DESC, run_id DESC LIMIT %s", (limit,))
             rows = await cur.fetchall()
-        return [self._decode_run(run_id, data, owner) for run_id, data, owner in rows]
+        return [self._decode_run(run_id, data, owner, listing=True) for run_id, data, owner in rows]
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
                          detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
@@ -331,7 +331,7 @@ class PostgresStore:
     # -- shared state -----------------------------------------------------------------
 
     async def put_state(self, namespace: str, key: str, value: Any, ttl_s: float | None = None) -> None:
-        data = _codec.encode(value, what=_codec.state_what(namespace, key, self.url))
+        data = _codec.encode_state(value, what=_codec.state_what(namespace, key, self.url))
         expires_at = time.time() + ttl_s if ttl_s else None
         async with self._session() as conn:
             await conn.execute(
@@ -347,7 +347,7 @@ class PostgresStore:
             row = await cur.fetchone()
         if row is None:
             return None
-        return _codec.decode(row[0], what=_codec.state_what(namespace, key, self.url))
+        return _codec.decode_state(row[0], what=_codec.state_what(namespace, key, self.url))
 
     async def purge_expired_state(self) -> int:
         """Delete expired state rows (reads already ignore them); returns how many."""

@@ -214,8 +214,8 @@ class RedisStore:
         except RedisError as exc:
             raise StoreError(f"Redis store at {self.server}: {exc}") from exc
 
-    def _decode_run(self, run_id: str, data: bytes | str | None, owner: bytes | str | None) -> RunRecord:
-        return _codec.decode_run(data, owner, run_id=run_id, where=self.url)
+    def _decode_run(self, run_id: str, data: bytes | str | None, owner: bytes | str | None, listing: bool = False) -> RunRecord:
+        return _codec.decode_run(data, owner, run_id=run_id, where=self.url, listing=listing)
 
     def _transition_json(self, run: RunRecord, status: str, at: float, detail: dict[str, Any]) -> str:
         row = {"status": status, "at": at, "detail": detail,
@@ -263,7 +263,7 @@ class RedisStore:
                     if data is None:  # its keys expired (ttl_s): drop it from the index
                         expired.append(run_id)
                     else:
-                        runs.append(self._decode_run(run_id, data, owner))
+                        runs.append(self._decode_run(run_id, data, owner, listing=True))
                 if expired:
                     await r.zrem(index, *expired)
                     start -= len(expired)
@@ -333,7 +333,7 @@ class RedisStore:
     # -- shared state -----------------------------------------------------------------
 
     async def put_state(self, namespace: str, key: str, value: Any, ttl_s: float | None = None) -> None:
-        data = _codec.encode(value, what=_codec.state_what(namespace, key, self.url))
+        data = _codec.encode_state(value, what=_codec.state_what(namespace, key, self.url))
         name = self._state_key(namespace, key)
         async with self._session() as r:
             if not ttl_s:
@@ -348,4 +348,4 @@ class RedisStore:
             data = await r.get(self._state_key(namespace, key))
         if data is None:
             return None
-        return _codec.decode(data, what=_codec.state_what(namespace, key, self.url))
+        return _codec.decode_state(data, what=_codec.state_what(namespace, key, self.url))

@@ -18,11 +18,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import _codec
+from baton.stores._files import prepare_private_file, tighten
 from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displaced, fence_of, last_per_key
 
 T = TypeVar("T")
@@ -142,12 +142,7 @@ class SQLiteStore:
 
     def _connect(self) -> None:
         if self.path != ":memory:":
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create the directory for SQLite store {self.path!r}: {exc}") from exc
-            if Path(self.path).is_dir():
-                raise StoreError(f"cannot open SQLite store {self.path!r}: it is a directory")
+            prepare_private_file(self.path, "SQLite store")  # 0600 file, 0700 folders we create
         try:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=True)
@@ -157,6 +152,8 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            if self.path != ":memory:":
+                tighten(self.path)  # -wal/-shm left by an older version with looser modes
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreError(f"SQLite store {self.path!r} has schema version {version}, newer than this "
@@ -217,8 +214,8 @@ class SQLiteStore:
         conn.execute("COMMIT")
         return result
 
-    def _decode_run(self, run_id: str, data: str, owner: str | None) -> RunRecord:
-        return _codec.decode_run(data, owner, run_id=run_id, where=self.url)
+    def _decode_run(self, run_id: str, data: str, owner: str | None, listing: bool = False) -> RunRecord:
+        return _codec.decode_run(data, owner, run_id=run_id, where=self.url, listing=listing)
 
     # -- runs -------------------------------------------------------------------------
 
@@ -254,7 +251,7 @@ class SQLiteStore:
             return c.execute("SELECT run_id, data, owner FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?",
                              (limit,)).fetchall()
 
-        return [self._decode_run(run_id, data, owner) for run_id, data, owner in await self._run(work)]
+        return [self._decode_run(run_id, data, owner, listing=True) for run_id, data, owner in await self._run(work)]
 
     async def update_run(self, run: RunRecord, *, transition: str | None = None,
                          detail: dict[str, Any] | None = None, owner_token: str | None = None) -> None:
@@ -348,7 +345,7 @@ class SQLiteStore:
     # -- shared state -----------------------------------------------------------------
 
     async def put_state(self, namespace: str, key: str, value: Any, ttl_s: float | None = None) -> None:
-        data = _codec.encode(value, what=_codec.state_what(namespace, key, self.url))
+        data = _codec.encode_state(value, what=_codec.state_what(namespace, key, self.url))
         expires_at = time.time() + ttl_s if ttl_s else None
 
         def work(c: sqlite3.Connection) -> None:
@@ -370,7 +367,7 @@ class SQLiteStore:
         data = await self._run(work)
         if data is None:
             return None
-        return _codec.decode(data, what=_codec.state_what(namespace, key, self.url))
+        return _codec.decode_state(data, what=_codec.state_what(namespace, key, self.url))
 
     async def purge_expired_state(self) -> int:
         """Delete expired state rows (reads already ignore them); returns how many."""
