@@ -128,6 +128,7 @@ def test_cli_flags_refuse_odd_limits_in_one_line(tmp_path: Path, flag: str) -> N
     ("limits: {budget_usd: -1}", "limits.budget_usd"),
     ("retry: {max_retry_after_s: .inf}", "retry.max_retry_after_s"),
     ("rate_limits: {claude-haiku: {burst_s: .nan}}", "rate_limits.claude-haiku.burst_s"),
+    ("breaker: {cooldown_s: .inf}", "breaker.cooldown_s"),
 ])
 def test_yaml_limits_refuse_odd_numbers_naming_the_field(tmp_path: Path, yaml_limits: str, field: str) -> None:
     from baton.spec import load_workflow_file
@@ -171,7 +172,7 @@ def _valid_value(cls: type, name: str) -> Any:
     return int(low) + 1 if bound.kind == "integer" else float(low) + 0.5
 
 
-@pytest.mark.parametrize("cls", [Limits, RetryPolicy, RateLimits])
+@pytest.mark.parametrize("cls", [Limits, RetryPolicy, RateLimits, BreakerSettings])
 def test_every_dataclass_setting_is_accepted_by_the_yaml_schema(tmp_path: Path, cls: type) -> None:
     from dataclasses import fields
 
@@ -182,13 +183,15 @@ def test_every_dataclass_setting_is_accepted_by_the_yaml_schema(tmp_path: Path, 
     for f in fields(cls):
         value = _valid_value(cls, f.name)
         section = {Limits: {"limits": {f.name: value}}, RetryPolicy: {"retry": {f.name: value}},
-                   RateLimits: {"rate_limits": {HAIKU: {f.name: value}}}}[cls]
+                   RateLimits: {"rate_limits": {HAIKU: {f.name: value}}},
+                   BreakerSettings: {"breaker": {f.name: value}}}[cls]
         doc = {"version": 1, "name": "w", "agents": {"a": {"system": "s"}},
                "workflow": {"pattern": "agent", "agent": "a"}, **section}
         wf = tmp_path / f"{f.name}.yaml"
         wf.write_text(yaml.safe_dump(doc))
         built = load_workflow_file(wf)  # raises WorkflowError if the schema rejected the key
-        got = built.limits if cls is Limits else built.retry if cls is RetryPolicy else built.rate_limits[HAIKU]
+        got = {Limits: built.limits, RetryPolicy: built.retry, BreakerSettings: BreakerSettings(**built.breaker or {}),
+               RateLimits: built.rate_limits.get(HAIKU)}[cls]
         assert getattr(got, f.name) == value, f.name
 
 
@@ -198,7 +201,8 @@ def test_schema_fragments_are_derived_from_the_dataclasses() -> None:
     from baton.spec.schema import SCHEMA
 
     defs = SCHEMA["$defs"]
-    for key, cls in (("limits", Limits), ("retry", RetryPolicy), ("rate_limit", RateLimits)):
+    for key, cls in (("limits", Limits), ("retry", RetryPolicy), ("rate_limit", RateLimits),
+                     ("breaker", BreakerSettings)):
         assert set(defs[key]["properties"]) == {f.name for f in fields(cls)}, key
     committed = orjson.loads((ROOT / "schemas" / "workflow-v1.schema.json").read_bytes())
     assert "burst_s" in committed["$defs"]["rate_limit"]["properties"]

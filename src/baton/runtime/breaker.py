@@ -29,7 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from baton.errors import CircuitOpenError, ProviderError, ToolError, WorkflowError
+from baton.errors import CircuitOpenError, ProviderError, ToolError
+from baton.schema import settings_from_mapping
 from baton.settings import check_settings, setting
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,11 @@ class BreakerSettings:
     def __post_init__(self) -> None:
         check_settings(self, "breaker")
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "breaker") -> BreakerSettings:
+        """Build from the YAML ``breaker:`` mapping; unknown keys and bad values raise ``WorkflowError``."""
+        return settings_from_mapping(cls, d, where=where, what="circuit-breaker settings")
+
 
 SETTINGS = tuple(f.name for f in fields(BreakerSettings))
 
@@ -76,14 +82,7 @@ def counts_as_failure(error: BaseException, *, count_rate_limits: bool = True) -
 
 
 def _check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
-    for key in settings:
-        if key not in SETTINGS:
-            raise WorkflowError(f"unknown key {key!r}; expected one of {list(SETTINGS)}", field=f"{where}.{key}")
-    try:
-        BreakerSettings(**settings)
-    except WorkflowError as exc:
-        name = (exc.field or "").rpartition(".")[2]
-        raise WorkflowError(exc.problems[0]["message"], field=f"{where}.{name}") from None
+    BreakerSettings.from_dict(settings, where=where)  # unknown keys and bad values: WorkflowError
     return dict(settings)
 
 

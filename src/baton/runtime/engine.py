@@ -313,7 +313,7 @@ class Engine:
         runtime = Runtime(
             record.run_id, journal, BudgetTracker(limits, spent=spent, spent_usd=spent_usd, model_calls=calls),
             events, self._binder(), retry=self.retry or getattr(workflow, "retry", None) or RetryPolicy(),
-            breakers=self.breakers or BreakerRegistry(), governor=governor, cache=self.cache,
+            breakers=self.breakers or BreakerRegistry(defaults=getattr(workflow, "breaker", None)), governor=governor, cache=self.cache,
             cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
         runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(

@@ -35,6 +35,8 @@ class YamlWorkflow:
     limits: Limits
     rate_limits: dict[str, Any] = field(default_factory=dict)
     retry: Any = None
+    breaker: dict[str, Any] | None = None
+    """Default circuit-breaker settings of the run (the YAML ``breaker:`` mapping)."""
     spec: dict[str, Any] = field(default_factory=dict)
     nested: dict[str, YamlWorkflow] = field(default_factory=dict)
 
@@ -339,6 +341,7 @@ def _summary(problems: Problems) -> str:
 
 
 def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
+    from baton.runtime.breaker import BreakerSettings
     from baton.runtime.ratelimit import RateLimits
     from baton.runtime.retry import RetryPolicy
 
@@ -364,12 +367,15 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
         rate_limits = {k: RateLimits.from_dict(v, where=f"rate_limits.{k}")
                        for k, v in (data.get("rate_limits") or {}).items()}
         retry = RetryPolicy.from_dict(data["retry"]) if data.get("retry") else None
+        breaker = dict(data["breaker"]) if data.get("breaker") else None
+        if breaker is not None:
+            BreakerSettings.from_dict(breaker)
     except WorkflowError as exc:
         problem = doc.error(tuple((exc.field or "").split(".")), exc.problems[0]["message"])
         raise WorkflowError(problem["message"], file=problem["file"], line=problem["line"],
                             field=problem["field"]) from None
     return YamlWorkflow(name=data["name"], file=doc.file, root=root, agents=b.agents, limits=limits,
-                        rate_limits=rate_limits, retry=retry, spec=data, nested=b.nested)
+                        rate_limits=rate_limits, retry=retry, breaker=breaker, spec=data, nested=b.nested)
 
 
 def _build_file(path: FsPath, stack: tuple[str, ...]) -> YamlWorkflow:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from baton.runtime.breaker import BreakerSettings
 from baton.runtime.budget import Limits
 from baton.runtime.ratelimit import RateLimits
 from baton.runtime.retry import RetryPolicy
@@ -22,6 +23,7 @@ POS_NUM = {"type": "number", "exclusiveMinimum": 0}
 RETRY = settings_schema(RetryPolicy)
 LIMITS = settings_schema(Limits)
 RATE_LIMIT = settings_schema(RateLimits, min_properties=1)
+BREAKER = settings_schema(BreakerSettings)
 
 AGENT_PROPS: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1},
@@ -127,6 +129,7 @@ SCHEMA: dict[str, Any] = {
         "limits": {"$ref": "#/$defs/limits"},
         "rate_limits": {"type": "object", "additionalProperties": {"$ref": "#/$defs/rate_limit"}},
         "retry": {"$ref": "#/$defs/retry"},
+        "breaker": {"$ref": "#/$defs/breaker"},
     },
     "$defs": {
         "agent": {"type": "object", "additionalProperties": False, "properties": AGENT_PROPS},
@@ -142,6 +145,7 @@ SCHEMA: dict[str, Any] = {
         "retry": RETRY,
         "limits": LIMITS,
         "rate_limit": RATE_LIMIT,
+        "breaker": BREAKER,
         "workflow": {
             "type": "object",
             "required": ["pattern"],
