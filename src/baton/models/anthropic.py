@@ -130,6 +130,12 @@ def usage_from_wire(u: Mapping[str, Any] | None, request_id: str | None = None) 
     if not isinstance(u, Mapping):
         raise invalid_usage(f"usage={u!r}", provider="anthropic", request_id=request_id)
     cc = u.get("cache_creation")
+    inp, out = u.get("input_tokens"), u.get("output_tokens")
+    cw, cr = u.get("cache_creation_input_tokens") or 0, u.get("cache_read_input_tokens") or 0
+    h1 = (cc.get("ephemeral_1h_input_tokens") or 0) if isinstance(cc, dict) else 0
+    if type(inp) is int and type(out) is int and type(cw) is int and type(cr) is int and type(h1) is int \
+            and min(inp, out, cw, cr, h1) >= 0:  # the common case, checked without a call per field
+        return Usage(inp, out, cw, cr, h1)
 
     def count(value: Any, name: str) -> int:
         return wire_tokens(value, name, provider="anthropic", request_id=request_id)
