@@ -376,3 +376,25 @@ async def test_a_concurrent_gather_sends_no_more_calls_than_the_budget_allows(
     n, _, _ = served(server)
     assert len(server.requests) == n == allowed  # unreserved, all ten would have gone out at once
     assert result.model_calls == allowed
+
+
+async def test_a_timed_out_agent_stops_at_once_and_its_answer_is_still_billed(server: FakeAnthropicServer,
+                                                                             model: AnthropicModel) -> None:
+    from baton.errors import RunTimeout
+
+    server.add_rule(reply=text("late"), latency_s=1.5)
+    hasty = baton.Agent("hasty", system="You answer.", model=HAIKU, max_tokens=64, agent_timeout_s=0.3)
+    gave_up_after: list[float] = []
+
+    async def workflow(ctx: baton.RunContext, _: Any) -> str:
+        started = time.monotonic()
+        try:
+            await ctx.call(hasty, "q")
+        except RunTimeout:
+            gave_up_after.append(time.monotonic() - started)
+        return "moved on"
+
+    result = await engine(model).run(workflow)
+    assert result.ok and gave_up_after and gave_up_after[0] < 1.2  # not held until the answer came
+    n, billed, usd = served(server)
+    assert n == 1 and result.model_calls == 1 and result.usage == billed and result.cost_usd == pytest.approx(usd)

@@ -10,6 +10,7 @@ spent. Tool calls get the same treatment minus tokens. Patterns never see any of
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
     from baton.models.base import Model
     from baton.runtime.cache import ResultCache
     from baton.runtime.ratelimit import RateGovernor
+
+
+logger = logging.getLogger(__name__)
 
 
 def _new_governor() -> RateGovernor:
@@ -106,6 +110,7 @@ class Runtime:
     router: ModelRouter = field(default_factory=ModelRouter)
     _slots: asyncio.Semaphore | None = None
     _warm: dict[str, asyncio.Event] = field(default_factory=dict)
+    _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(max(1, self.budget.limits.concurrency))
@@ -279,22 +284,19 @@ class Runtime:
                                                             "error_type": exc.error_type})
                 await self.sleep(delay)
                 continue
-            except _Cancelled as cancelled:
-                # The server answered a call whose caller was cancelled meanwhile (a gather that
-                # stopped at a budget trip): it is paid for, so it is billed and journaled.
-                await self._book(ctx, call, reservation, cancelled.response, span, attempt, cancelled.latency)
-                raise asyncio.CancelledError() from None
             except BaseException:
-                self.budget.release(reservation)
-                breaker.release()
+                if not call.adopted:  # an adopted request settles its reservation when it ends
+                    self.budget.release(reservation)
+                    breaker.release()
                 raise
             cost = await self._book(ctx, call, reservation, response, span, attempt, time.perf_counter() - t0)
             return response, cost
 
     async def _send(self, ctx: RunContext, call: _Call, reservation: Reservation, span: str,
                     attempt: int) -> ModelResponse:
-        """One attempt: concurrency slot, rate governor, the adapter. Raises ``_Cancelled`` when
-        the caller was cancelled but the response still arrived."""
+        """One attempt: concurrency slot, rate governor, the adapter. A caller cancelled while its
+        request is on the wire returns at once; the request is adopted (``_adopt``)."""
+        call.adopted = False
         wire, binding, agent = call.wire, call.binding, call.agent
         assert self._slots is not None
         async with self._slots:
@@ -323,12 +325,43 @@ class Runtime:
                 raise ProviderTimeout(f"model call to {call.model_id} timed out after {wire.timeout_s}s",
                                       provider=binding.model.provider) from exc
             except asyncio.CancelledError:
-                arrived = await _arrival(task, wire, binding.model.provider)
-                if arrived is None:
-                    raise
-                raise _Cancelled(arrived, time.perf_counter() - t0) from None
+                self._adopt(ctx, call, task, reservation, span, attempt, t0)
+                raise
         _check_usage(response, wire.max_tokens, binding.model.provider)
         return response
+
+    def _adopt(self, ctx: RunContext, call: _Call, task: asyncio.Future[ModelResponse], reservation: Reservation,
+               span: str, attempt: int, t0: float) -> None:
+        """The caller was cancelled (a gather stopping at a budget trip, an agent timeout) while its
+        request was on the wire: the server will answer and bill it, so the answer is awaited in the
+        background (up to ``IN_FLIGHT_GRACE_S``), then billed, journaled and reported like any other.
+        Its reservation stays held until then; the engine waits for these before it records the run."""
+        call.adopted = True
+        straggler = asyncio.get_running_loop().create_task(
+            self._settle_adopted(ctx, call, task, reservation, span, attempt, t0))
+        self._in_flight.add(straggler)
+        straggler.add_done_callback(self._in_flight.discard)
+
+    async def _settle_adopted(self, ctx: RunContext, call: _Call, task: asyncio.Future[ModelResponse],
+                              reservation: Reservation, span: str, attempt: int, t0: float) -> None:
+        response = await _arrival(task, call.wire, call.binding.model.provider)
+        if response is None:  # no answer in time, or a failed one: nothing the server bills
+            self.budget.release(reservation)
+            call.breaker.release()
+            return
+        try:
+            await self._book(ctx, call, reservation, response, span, attempt, time.perf_counter() - t0)
+        except Exception:  # e.g. the journal is gone: the budget was settled, the run goes on
+            logger.exception("could not journal the answer to cancelled call %s of run %s", call.key, self.run_id)
+
+    async def settle_in_flight(self, *, wait: bool = True) -> None:
+        """Wait for the answers to requests whose callers were cancelled (``wait=False``: an
+        interrupt, give them up now). Call before recording a run's usage and cost."""
+        if not wait:
+            for straggler in self._in_flight:
+                straggler.cancel()
+        while self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def _book(self, ctx: RunContext, call: _Call, reservation: Reservation, response: ModelResponse,
                     span: str, attempt: int, latency: float) -> float | None:
@@ -474,19 +507,13 @@ class _Call:
     chars: int
     started: float
     fingerprint: dict[str, str] | None
-
-
-class _Cancelled(Exception):  # noqa: N818 - internal control flow, never leaves this module
-    """The caller was cancelled, but the response to the request it had sent arrived."""
-
-    def __init__(self, response: ModelResponse, latency: float) -> None:
-        super().__init__("cancelled after the response arrived")
-        self.response, self.latency = response, latency
+    adopted: bool = False
+    """The current attempt's caller was cancelled with its request on the wire (see ``_adopt``)."""
 
 
 IN_FLIGHT_GRACE_S = 10.0
-"""How long a cancelled call waits for the answer to a request already sent, so that what the
-server bills is billed here too (a second cancellation stops the wait at once)."""
+"""How long the answer to a request whose caller was cancelled is awaited (in the background),
+so that what the server bills is billed here too."""
 
 
 async def _arrival(task: asyncio.Future[ModelResponse], wire: ModelRequest, provider: str) -> ModelResponse | None:

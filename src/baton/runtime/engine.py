@@ -352,6 +352,10 @@ class Engine:
             if not work.done():  # we were cancelled: let the workflow unwind before recording the end
                 work.cancel()
                 await asyncio.wait({work})
+            # Answers to requests cancelled on the wire are billed before the run's totals are
+            # recorded (an interrupt gives them up at once).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runtime.settle_in_flight(wait=not isinstance(pending, asyncio.CancelledError | KeyboardInterrupt))
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await heartbeat
