@@ -345,7 +345,9 @@ class Engine:
                 status, error = "interrupted", _error_dict(pending)
             else:
                 status, error = _status_for(exc), _error_dict(exc)
-                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                if runtime.stop_reason is not None:  # the run stopped itself (a tool's KeyboardInterrupt)
+                    error["message"] = runtime.stop_reason
+                elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                     pending = exc
         finally:
             if not work.done():  # we were cancelled: let the workflow unwind before recording the end
