@@ -272,7 +272,14 @@ class RunContext:
         Journaled as a step, so a resumed run does not publish twice.
         """
         board = self._board()
-        await self.step(f"share:{key}", board.put_state, self.run_id, key, value, ttl_s)
+        rt = self._runtime
+
+        async def write() -> None:
+            # Emitted inside the step, so a resumed run that skips the write does not report it again.
+            await board.put_state(self.run_id, key, value, ttl_s)
+            rt.emit(ev.STATE_CHANGE, new_id(), self.span_id, {"key": key, "op": "share", "ttl_s": ttl_s})
+
+        await self.step(f"share:{key}", write)
 
     async def shared(self, key: str) -> Any:
         """Read ``key`` from this run's blackboard; journaled, so a resumed run reads the same value."""
@@ -304,6 +311,9 @@ class RunContext:
             done = rt.journal.completed(key)
             if done is not None:
                 r = done.result
+                rt.emit(ev.APPROVAL_DECIDED, new_id(), self.span_id, {
+                    "step": key, "name": name, "approved": bool(r.get("approved")), "by": r.get("by"),
+                    "edited": r.get("edit") is not None, "decided_at": done.ended_at})
                 return Decision(bool(r.get("approved")), r.get("edit"), r.get("by"), r.get("note"))
             await rt.commit(StepRecord(rt.run_id, key, "approval", name, "started", result={"request": request},
                                        started_at=time.time()))

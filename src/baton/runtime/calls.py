@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +37,7 @@ from baton.messages import (
 )
 from baton.models.pricing import cost_of
 from baton.observe import events as ev
-from baton.observe.events import Event, EventStream, new_id
+from baton.observe.events import Event, EventStream, new_id, trace_id_for
 from baton.observe.redact import redact
 from baton.runtime.breaker import BreakerRegistry, counts_as_failure
 from baton.runtime.budget import BudgetTracker
@@ -58,6 +60,16 @@ def _new_governor() -> RateGovernor:
     from baton.runtime.ratelimit import RateGovernor
 
     return RateGovernor()
+
+
+_CURRENT: ContextVar[Runtime | None] = ContextVar("baton_runtime", default=None)
+"""The run whose code is executing: a breaker that changes state is reported to this run."""
+
+
+def _breaker_changed(target: str, old: str, new: str) -> None:
+    runtime = _CURRENT.get()
+    if runtime is not None:
+        runtime.emit(ev.BREAKER_CHANGE, new_id(), runtime.run_span, {"target": target, "old": old, "new": new})
 
 
 class ReplayDivergence(BatonError):
@@ -101,7 +113,8 @@ class Runtime:
     governor: RateGovernor = field(default_factory=_new_governor)
     cache: ResultCache | None = None
     cache_ttl_s: float | None = None
-    trace_id: str = field(default_factory=lambda: new_id(16))
+    trace_id: str = ""
+    """Empty: derived from the run id, so a resumed run stays in its first execution's trace."""
     run_span: str = field(default_factory=new_id)
     sleep: Any = asyncio.sleep
     replay_only: bool = False
@@ -114,6 +127,15 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(max(1, self.budget.limits.concurrency))
+        if not self.trace_id:
+            self.trace_id = trace_id_for(self.run_id)
+        self.breakers.listen(_breaker_changed)
+
+    async def scoped(self, work: Awaitable[Any]) -> Any:
+        """Await ``work`` as this run's code: events that cannot name their run (a breaker's
+        change of state) find it through the task's context."""
+        _CURRENT.set(self)  # this task's own context: nothing outside it sees the change
+        return await work
 
     # --- events ---------------------------------------------------------------
 
@@ -327,7 +349,7 @@ class Runtime:
             self._replayed(rec, ctx.span_id)
             return ToolResultBlock(use.id, str(rec.result["content"]), bool(rec.result.get("is_error")))
         if self.journal is not None and not tool.idempotent:
-            settled = await self._unsure_tool_call(key, use, tool)
+            settled = await self._unsure_tool_call(ctx, key, use, tool)
             if settled is not None:
                 return settled
         span = new_id()
@@ -357,7 +379,8 @@ class Runtime:
                                                       "output": content})
         return ToolResultBlock(use.id, content, is_error)
 
-    async def _unsure_tool_call(self, key: str, use: ToolUseBlock, tool: Tool) -> ToolResultBlock | None:
+    async def _unsure_tool_call(self, ctx: RunContext, key: str, use: ToolUseBlock,
+                                tool: Tool) -> ToolResultBlock | None:
         """A non-idempotent tool: ask before re-running a call that was in flight at a crash.
 
         Returns the settled result when a human rejected the re-run, None to go ahead.
@@ -376,6 +399,10 @@ class Runtime:
                     f"outcome is unknown, so it is not re-run blindly. Decide with: baton approve "
                     f"{self.run_id} {dkey} --approve (run it again) or --reject (report it failed)",
                     step=dkey)
+            self.emit(ev.APPROVAL_DECIDED, new_id(), ctx.span_id, {
+                "step": dkey, "name": tool.name, "approved": bool(decision.result.get("approved")),
+                "by": decision.result.get("by"), "edited": decision.result.get("edit") is not None,
+                "decided_at": decision.ended_at})
             if not decision.result.get("approved"):
                 edit = decision.result.get("edit")
                 content = edit if edit is not None else f"tool {tool.name!r} outcome unknown after a crash; not re-run"

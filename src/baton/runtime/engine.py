@@ -325,7 +325,7 @@ class Engine:
         runtime.emit(ev.RUN_START, runtime.run_span, None, {"workflow": record.workflow, "run_id": record.run_id})
         t0 = time.monotonic()
         ctx = RunContext(runtime, input=record.input)
-        work = asyncio.ensure_future(_with_wall_time(workflow(ctx, record.input), limits.timeout_s))
+        work = asyncio.ensure_future(runtime.scoped(_with_wall_time(workflow(ctx, record.input), limits.timeout_s)))
         lost = False
 
         def on_lost() -> None:
