@@ -13,6 +13,7 @@ The context itself is never sent to a model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -21,7 +22,16 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from baton.agent import Agent, AgentResult, output_from_json, run_agent_loop
-from baton.errors import ApprovalRequired, DepthExceeded, RunTimeout, UsageError
+from baton.errors import (
+    ApprovalRequired,
+    BudgetExceeded,
+    DepthExceeded,
+    RunOwnedElsewhere,
+    RunSuspended,
+    RunTimeout,
+    StoreError,
+    UsageError,
+)
 from baton.messages import Usage
 from baton.observe import events as ev
 from baton.observe.events import new_id
@@ -169,6 +179,14 @@ class RunContext:
             rt.emit(ev.AGENT_END, span, self.span_id, {"agent": agent.name, "key": key, "status": "error",
                                                        "duration_s": time.perf_counter() - t0,
                                                        "error_type": type(exc).__name__})
+            if _agent_failed(exc):
+                # Journaled so `baton stats` can blame the agent and prompt version that failed;
+                # a resume runs the agent again and its completed record replaces this one.
+                with contextlib.suppress(Exception):  # best effort: the agent's own error is the one to raise
+                    await rt.commit(StepRecord(rt.run_id, key, "agent", agent.name, "failed", started_at=started,
+                                               ended_at=time.time(), meta={
+                                                   "prompt_version": agent.prompt_version, "model": agent.model,
+                                                   "depth": self.depth + 1, "error_type": type(exc).__name__}))
             raise
         await rt.commit(StepRecord(rt.run_id, key, "agent", agent.name, "completed",
                                    result={"output": result.output_json(), "turns": result.turns},
@@ -320,3 +338,11 @@ class RunContext:
         rt.emit(ev.APPROVAL_REQUESTED, new_id(), self.span_id, {"step": key, "name": name})
         raise ApprovalRequired(f"step {key} ({name}) awaits approval: baton approve {rt.run_id} {key} "
                                f"--approve | --reject [--edit TEXT]", step=key, request=request)
+
+
+def _agent_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is the agent's own failure (not a pause, a budget, the store or a cancel)."""
+    from baton.runtime.calls import ReplayDivergence
+
+    return isinstance(exc, Exception) and not isinstance(
+        exc, (RunSuspended, BudgetExceeded, StoreError, RunOwnedElsewhere, ReplayDivergence))
