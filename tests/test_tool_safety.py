@@ -132,6 +132,41 @@ async def test_system_exit_in_a_tool_is_a_tool_error(server: FakeAnthropicServer
         await store.close()
 
 
+# --- KeyboardInterrupt in an async tool ------------------------------------------------------------
+
+
+async def test_keyboard_interrupt_in_an_async_tool_leaves_the_run_interrupted_not_running(
+        server: FakeAnthropicServer, model: AnthropicModel, tmp_path: Path) -> None:
+    calm: list[bool] = []
+
+    @baton.tool
+    async def poll(x: int) -> str:
+        """Polls.
+
+        Args:
+            x: anything
+        """
+        if not calm:
+            raise KeyboardInterrupt
+        return "calm"
+
+    server.add_rule(r"calm", reply=text("finished"))
+    server.add_rule(reply=tool_call("poll", {"x": 1}))
+    workflow = one_agent(baton.Agent("a", model="claude-haiku-4-5", tools=[poll]))
+    store = SQLiteStore(f"sqlite:///{tmp_path}/runs.db")
+    result = await engine(model, store).run(workflow, run_id="ki-async")
+    assert result.status == "interrupted"
+    assert result.error is not None and "tool 'poll' raised KeyboardInterrupt" in result.error["message"]
+    await store.open()
+    try:
+        assert (await store.get_run("ki-async")).status == "interrupted"
+    finally:
+        await store.close()
+    calm.append(True)
+    resumed = await engine(model, store).resume("ki-async", workflow)
+    assert resumed.status == "succeeded" and resumed.output == "finished"
+
+
 # --- size cap ---------------------------------------------------------------------------------------
 
 
