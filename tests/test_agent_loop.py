@@ -141,10 +141,15 @@ async def test_max_turns_guard_names_the_agent() -> None:
     model = ScriptedModel([Rule(None, reply=tool_call("slow_lookup", {"topic": "x"}))])
     result = await baton.run(agent_workflow(baton.Agent("looper", tools=[slow_lookup], max_turns=3)), "go",
                              store="memory://", model=model)
-    assert result.status == "failed" and "looper" in result.error["message"]
+    assert result.status == "failed" and result.error["type"] == "MaxTurnsExceeded"
+    assert "agent 'looper' used all 3 turns" in result.error["message"]
     assert model.call_count == 3
-    with pytest.raises(MaxTurnsExceeded):
-        raise MaxTurnsExceeded("x")
+
+    async def direct(ctx: baton.RunContext, _: str) -> None:
+        with pytest.raises(MaxTurnsExceeded, match="looper"):  # the guard raises, inside the workflow too
+            await ctx.call(baton.Agent("looper", tools=[slow_lookup], max_turns=2), "go")
+
+    assert (await baton.run(direct, "go", store="memory://", model=model)).ok
 
 
 def test_prompt_version_changes_with_prompt_tools_and_model() -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 import pytest
 
-from _services import PG_URL, postgres_problem
+from _services import PG_URL, require_postgres
 from baton.messages import ModelRequest, ToolResultBlock
 from baton.stores import open_store
 from baton.stores.base import RunRecord, StepRecord
@@ -154,8 +154,7 @@ def stalled(server: FakeAnthropicServer, pattern: str) -> Iterator[Rule]:
 @pytest.fixture(scope="module")
 def pg_schema_url() -> Iterator[str]:
     """A fresh PostgreSQL schema for this module (dropped afterwards)."""
-    if problem := postgres_problem():
-        pytest.skip(problem)
+    require_postgres()
     import psycopg
 
     schema = f"baton_crash_{uuid.uuid4().hex[:12]}"

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from _services import REDIS_URL, redis_problem
+from _services import REDIS_URL
 from baton.errors import StoreError, UsageError, WorkflowError
 from baton.runtime.ratelimit import RateGovernor, RateLimits
 from baton.runtime.ratelimit_redis import RedisRateGovernor
@@ -460,7 +460,7 @@ async def test_real_time_throughput_matches_the_rate() -> None:
 
 # -- Redis -------------------------------------------------------------------------------------
 
-needs_redis = pytest.mark.skipif(redis_problem() is not None, reason=str(redis_problem()))
+needs_redis = pytest.mark.usefixtures("needs_redis")
 
 
 def _prefix() -> str:

@@ -290,3 +290,38 @@ async def test_identical_second_run_is_served_from_the_result_cache(server: Fake
     assert second.cost_usd == 0.0 and first.cost_usd > 0
     third = await engine(model, cache=cache).run(one_call(deterministic, "another question"))
     assert third.ok and len(server.requests) == 2  # a different prompt is a miss
+
+
+# --- an open breaker sends calls to the fallback model ------------------------------------------------
+
+
+async def test_an_open_breaker_sends_calls_straight_to_the_fallback(server: FakeAnthropicServer,
+                                                                     model: AnthropicModel) -> None:
+    server.add_rule(model=OPUS, fault=Fault.overloaded())
+    strategist = baton.Agent("strategist", system="You plan.", model=OPUS, max_tokens=64, fallback_models=[SONNET])
+    breakers = BreakerRegistry(defaults={"failure_threshold": 2, "cooldown_s": 600.0})
+
+    async def workflow(ctx: baton.RunContext, _: Any) -> list[str]:
+        return [(await ctx.call(strategist, f"plan {i}")).text for i in range(4)]
+
+    result = await engine(model, retry=RetryPolicy(max_attempts=1), breakers=breakers).run(workflow)
+    assert result.ok and result.output == ["ok"] * 4
+    # Calls 1 and 2 try Opus (529) then fall back; the second failure opens Opus's breaker, so
+    # calls 3 and 4 go to Sonnet without a request to Opus.
+    assert [(r.body or {}).get("model") for r in server.requests] == [OPUS, SONNET, OPUS, SONNET, SONNET, SONNET]
+    assert breakers.get(f"anthropic:{OPUS}").state == "open"
+    assert breakers.get(f"anthropic:{SONNET}").state == "closed"
+
+
+async def test_every_breaker_open_fails_fast_naming_each_model(server: FakeAnthropicServer,
+                                                               model: AnthropicModel) -> None:
+    server.add_rule(fault=Fault.overloaded())
+    strategist = baton.Agent("strategist", system="You plan.", model=OPUS, max_tokens=64, fallback_models=[SONNET])
+    breakers = BreakerRegistry(defaults={"failure_threshold": 1, "cooldown_s": 600.0})
+    first = await engine(model, retry=RetryPolicy(max_attempts=1), breakers=breakers).run(one_call(strategist))
+    assert first.status == "failed" and len(server.requests) == 2  # each model tried once; both breakers open
+    second = await engine(model, retry=RetryPolicy(max_attempts=1), breakers=breakers).run(one_call(strategist))
+    assert second.status == "failed" and len(server.requests) == 2  # nothing sent
+    assert second.error is not None and second.error["type"] == "CircuitOpenError"
+    assert second.error["message"] == (f"no model available for agent 'strategist': {OPUS}: circuit open; "
+                                       f"{SONNET}: circuit open")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from _services import REDIS_URL, redis_problem
+from _services import REDIS_URL, require_redis
 from baton.errors import StoreError, UsageError
 from baton.runtime.cache import (
     MemoryResultCache,
@@ -21,8 +21,6 @@ from baton.runtime.cache import (
     cache_key,
     open_cache,
 )
-
-REDIS_UP = redis_problem() is None
 
 BASE: dict[str, Any] = {
     "model": "claude-sonnet-4-6",
@@ -92,8 +90,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     elif kind == "sqlite":
         cache = SQLiteResultCache(str(tmp_path / "sub" / "cache.db"))
     else:
-        if not REDIS_UP:
-            pytest.skip(str(redis_problem()))
+        require_redis()
         cache = RedisResultCache(REDIS_URL, prefix=f"baton:test:cache:{uuid.uuid4().hex}:")
     yield kind, cache
     await cache.close()
@@ -239,7 +236,7 @@ async def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(not REDIS_UP, reason=str(redis_problem()))
+@pytest.mark.usefixtures("needs_redis")
 async def test_redis_corrupt_entry_and_native_expiry() -> None:
     import redis.asyncio as aioredis
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from _services import PG_URL, REDIS_URL, postgres_problem, redis_problem
+from _services import PG_URL, REDIS_URL, require_postgres, require_redis
 from baton.errors import RunNotFound, StoreError, UsageError
 from baton.stores import open_store
 from baton.stores.base import Owner, RunRecord, StepRecord, Store
@@ -41,8 +41,7 @@ def _with_query(url: str, extra: str) -> str:
 @pytest.fixture
 def pg_url() -> Iterator[Callable[[], str]]:
     """Makes URLs of fresh PostgreSQL schemas (dropped afterwards): tests never share tables."""
-    if problem := postgres_problem():
-        pytest.skip(problem)
+    require_postgres()
     import psycopg
 
     schemas: list[str] = []
@@ -63,8 +62,7 @@ def pg_url() -> Iterator[Callable[[], str]]:
 @pytest.fixture
 def redis_url() -> Iterator[Callable[[], str]]:
     """Makes URLs with fresh random key prefixes on db 15; their keys are deleted afterwards."""
-    if problem := redis_problem():
-        pytest.skip(problem)
+    require_redis()
     import redis
 
     prefixes: list[str] = []

@@ -13,6 +13,7 @@ The context itself is never sent to a model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -21,7 +22,16 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from baton.agent import Agent, AgentResult, output_from_json, run_agent_loop
-from baton.errors import ApprovalRequired, DepthExceeded, RunTimeout, UsageError
+from baton.errors import (
+    ApprovalRequired,
+    BudgetExceeded,
+    DepthExceeded,
+    RunOwnedElsewhere,
+    RunSuspended,
+    RunTimeout,
+    StoreError,
+    UsageError,
+)
 from baton.messages import Usage
 from baton.observe import events as ev
 from baton.observe.events import new_id
@@ -169,6 +179,14 @@ class RunContext:
             rt.emit(ev.AGENT_END, span, self.span_id, {"agent": agent.name, "key": key, "status": "error",
                                                        "duration_s": time.perf_counter() - t0,
                                                        "error_type": type(exc).__name__})
+            if _agent_failed(exc):
+                # Journaled so `baton stats` can blame the agent and prompt version that failed;
+                # a resume runs the agent again and its completed record replaces this one.
+                with contextlib.suppress(Exception):  # best effort: the agent's own error is the one to raise
+                    await rt.commit(StepRecord(rt.run_id, key, "agent", agent.name, "failed", started_at=started,
+                                               ended_at=time.time(), meta={
+                                                   "prompt_version": agent.prompt_version, "model": agent.model,
+                                                   "depth": self.depth + 1, "error_type": type(exc).__name__}))
             raise
         await rt.commit(StepRecord(rt.run_id, key, "agent", agent.name, "completed",
                                    result={"output": result.output_json(), "turns": result.turns},
@@ -272,7 +290,14 @@ class RunContext:
         Journaled as a step, so a resumed run does not publish twice.
         """
         board = self._board()
-        await self.step(f"share:{key}", board.put_state, self.run_id, key, value, ttl_s)
+        rt = self._runtime
+
+        async def write() -> None:
+            # Emitted inside the step, so a resumed run that skips the write does not report it again.
+            await board.put_state(self.run_id, key, value, ttl_s)
+            rt.emit(ev.STATE_CHANGE, new_id(), self.span_id, {"key": key, "op": "share", "ttl_s": ttl_s})
+
+        await self.step(f"share:{key}", write)
 
     async def shared(self, key: str) -> Any:
         """Read ``key`` from this run's blackboard; journaled, so a resumed run reads the same value."""
@@ -304,9 +329,20 @@ class RunContext:
             done = rt.journal.completed(key)
             if done is not None:
                 r = done.result
+                rt.emit(ev.APPROVAL_DECIDED, new_id(), self.span_id, {
+                    "step": key, "name": name, "approved": bool(r.get("approved")), "by": r.get("by"),
+                    "edited": r.get("edit") is not None, "decided_at": done.ended_at})
                 return Decision(bool(r.get("approved")), r.get("edit"), r.get("by"), r.get("note"))
             await rt.commit(StepRecord(rt.run_id, key, "approval", name, "started", result={"request": request},
                                        started_at=time.time()))
         rt.emit(ev.APPROVAL_REQUESTED, new_id(), self.span_id, {"step": key, "name": name})
         raise ApprovalRequired(f"step {key} ({name}) awaits approval: baton approve {rt.run_id} {key} "
                                f"--approve | --reject [--edit TEXT]", step=key, request=request)
+
+
+def _agent_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is the agent's own failure (not a pause, a budget, the store or a cancel)."""
+    from baton.runtime.calls import ReplayDivergence
+
+    return isinstance(exc, Exception) and not isinstance(
+        exc, (RunSuspended, BudgetExceeded, StoreError, RunOwnedElsewhere, ReplayDivergence))

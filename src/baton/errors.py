@@ -107,9 +107,12 @@ class ProviderTimeout(ProviderError):
 
 
 class ToolError(BatonError):
-    def __init__(self, message: str, *, tool: str | None = None) -> None:
+    """``transient``: a timeout or a lost connection, which another attempt could get past."""
+
+    def __init__(self, message: str, *, tool: str | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.tool = tool
+        self.transient = transient
 
 
 class CircuitOpenError(BatonError):

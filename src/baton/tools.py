@@ -9,17 +9,86 @@ checks the name against its own list before anything here runs.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
+
+import orjson
 
 from baton.errors import ToolError, UsageError
 from baton.messages import ToolSpec
 from baton.schema import check_schema, validation_errors
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+DEFAULT_MAX_RESULT_CHARS = 100_000
+"""A tool result longer than this (in characters of its JSON or text) is cut, saying so."""
+
+
+class ToolInterrupted(Exception):
+    """A tool raised ``KeyboardInterrupt``: the run stops as ``interrupted`` (resumable).
+
+    An ordinary exception on purpose: a ``KeyboardInterrupt`` raised inside an asyncio task
+    escapes the event loop itself and leaves the run recorded as ``running``.
+    """
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"tool {tool!r} raised KeyboardInterrupt; the run stopped (resume it with baton resume)")
+        self.tool = tool
+
+
+class _Escaped(Exception):
+    """Carries a ``SystemExit``/``KeyboardInterrupt`` out of a tool as an ordinary exception."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+async def _contained(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Await an async tool so that its ``SystemExit``/``KeyboardInterrupt`` cannot stop the loop."""
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Escaped(exc) from exc
+
+
+def _in_daemon_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+    """Run a sync tool in a daemon thread of its own.
+
+    Not ``asyncio.to_thread``: the default executor is joined when the loop and the
+    interpreter shut down, so one tool call that never returns would keep the process
+    alive long after its timeout ended the call. A daemon thread is left behind instead.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if not fut.done():  # cancelled at a timeout: nobody waits for the answer any more
+            (fut.set_result if ok else fut.set_exception)(value)
+
+    def work() -> None:
+        try:
+            outcome: tuple[bool, Any] = (True, context.run(fn, *args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, never swallowed
+            outcome = (False, _Escaped(exc) if isinstance(exc, SystemExit | KeyboardInterrupt) else exc)
+        try:
+            loop.call_soon_threadsafe(deliver, *outcome)
+        except RuntimeError:  # the loop is closed: the run ended without this result
+            pass
+
+    threading.Thread(target=work, name=f"baton-tool-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return fut
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Failures another attempt could get past: timeouts and lost connections."""
+    return isinstance(exc, TimeoutError | ConnectionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +117,10 @@ class Tool:
     idempotent: bool = True
     """False: a call in flight at a crash is not re-run blindly on resume."""
     retryable: bool = False
-    """True: a failure is retried by the run's retry policy (otherwise returned to the model)."""
+    """True: any failure is retried by the run's retry policy (otherwise returned to the model).
+    An idempotent tool's transient failures (timeouts, lost connections) are retried either way."""
+    max_result_chars: int | None = DEFAULT_MAX_RESULT_CHARS
+    """A longer result is cut to this many characters, with a note naming the tool and the cap."""
     _takes_context: bool = field(default=False, repr=False)
     _input_model: Any = field(default=None, repr=False)
 
@@ -58,12 +130,19 @@ class Tool:
         problems = check_schema(self.input_schema)
         if problems:
             raise UsageError(f"tool {self.name!r} has an invalid input schema: {problems[0]}")
+        cap = self.max_result_chars
+        if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+            raise UsageError(f"tool {self.name!r}: max_result_chars must be an integer >= 1, got {cap!r}")
 
     def spec(self) -> ToolSpec:
         return ToolSpec(self.name, self.description, self.input_schema)
 
     async def invoke(self, args: dict[str, Any], ctx: ToolContext) -> Any:
-        """Validate ``args``, run the function within the timeout, validate its output."""
+        """Validate ``args``, run the function within the timeout, validate its output.
+
+        Every failure of the tool (an exception, ``SystemExit``, a timeout, a bad output) is a
+        ``ToolError`` naming it; a ``KeyboardInterrupt`` becomes ``ToolInterrupted``.
+        """
         errors = validation_errors(args, self.input_schema)
         if errors:
             raise ToolError(f"invalid input for tool {self.name!r}: " + "; ".join(errors), tool=self.name)
@@ -75,15 +154,23 @@ class Tool:
         call_args: tuple[Any, ...] = (ctx,) if self._takes_context else ()
         try:
             if inspect.iscoroutinefunction(self.fn):
-                result = await asyncio.wait_for(self.fn(*call_args, **kwargs), self.timeout_s)
+                result = await asyncio.wait_for(_contained(self.fn(*call_args, **kwargs)), self.timeout_s)
             else:
-                result = await asyncio.wait_for(asyncio.to_thread(self.fn, *call_args, **kwargs), self.timeout_s)
+                result = await asyncio.wait_for(_in_daemon_thread(self.fn, call_args, kwargs), self.timeout_s)
         except TimeoutError as exc:
-            raise ToolError(f"tool {self.name!r} timed out after {self.timeout_s}s", tool=self.name) from exc
+            raise ToolError(f"tool {self.name!r} timed out after {self.timeout_s}s", tool=self.name,
+                            transient=True) from exc
         except ToolError:
             raise
+        except _Escaped as escaped:
+            if isinstance(escaped.exc, KeyboardInterrupt):
+                raise ToolInterrupted(self.name) from escaped.exc
+            code = getattr(escaped.exc, "code", None)
+            raise ToolError(f"tool {self.name!r} tried to exit the process (SystemExit: {code!r})",
+                            tool=self.name) from escaped.exc
         except Exception as exc:
-            raise ToolError(f"tool {self.name!r} failed: {type(exc).__name__}: {exc}", tool=self.name) from exc
+            raise ToolError(f"tool {self.name!r} failed: {type(exc).__name__}: {exc}", tool=self.name,
+                            transient=_is_transient(exc)) from exc
         if hasattr(result, "model_dump"):
             result = result.model_dump(mode="json")
         if self.output_schema is not None:
@@ -92,6 +179,22 @@ class Tool:
                 raise ToolError(f"tool {self.name!r} returned invalid output: " + "; ".join(out_errors),
                                 tool=self.name)
         return result
+
+    def result_text(self, result: Any) -> str:
+        """The text the model gets for ``result``: a string as is, anything else as JSON, cut at the cap."""
+        if isinstance(result, str):
+            text = result
+        else:
+            try:
+                text = orjson.dumps(result).decode()
+            except TypeError as exc:  # orjson.JSONEncodeError: sets, objects, non-string keys, huge ints
+                raise ToolError(f"tool {self.name!r} returned a value that is not JSON "
+                                f"({type(result).__name__}): {exc}", tool=self.name) from exc
+        cap = self.max_result_chars
+        if cap is not None and len(text) > cap:
+            text = (f"{text[:cap]}\n[truncated: tool {self.name!r} returned {len(text)} characters; "
+                    f"the first {cap} are shown (max_result_chars)]")
+        return text
 
 
 def _docstring_parts(doc: str | None) -> tuple[str, dict[str, str]]:
@@ -154,7 +257,8 @@ def _schema_from_signature(fn: Callable[..., Any]) -> tuple[dict[str, Any], Any,
 
 def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, description: str | None = None,
          input_schema: dict[str, Any] | None = None, output_schema: dict[str, Any] | None = None,
-         timeout_s: float | None = 60.0, idempotent: bool = True, retryable: bool = False) -> Any:
+         timeout_s: float | None = 60.0, idempotent: bool = True, retryable: bool = False,
+         max_result_chars: int | None = DEFAULT_MAX_RESULT_CHARS) -> Any:
     """Make a ``Tool`` from a function; usable bare (``@tool``) or with options (``@tool(timeout_s=5)``).
 
     The first parameter receives a ``ToolContext`` when it is annotated so or named ``ctx``.
@@ -170,6 +274,7 @@ def tool(fn: Callable[..., Any] | None = None, *, name: str | None = None, descr
             schema, model, takes_ctx = _schema_from_signature(f)
         return Tool(name=name or f.__name__, description=description or summary or f.__name__,
                     input_schema=schema, fn=f, output_schema=output_schema, timeout_s=timeout_s,
-                    idempotent=idempotent, retryable=retryable, _takes_context=takes_ctx, _input_model=model)
+                    idempotent=idempotent, retryable=retryable, max_result_chars=max_result_chars,
+                    _takes_context=takes_ctx, _input_model=model)
 
     return build(fn) if fn is not None else build

@@ -120,50 +120,74 @@ def runs_text(runs: list[RunRecord]) -> str:
 
 
 def stats_json(runs: list[RunRecord], steps_by_run: dict[str, list[StepRecord]]) -> dict[str, Any]:
-    """Trace analysis over many runs: failure rate, slow agents, cost by model/agent/prompt version."""
+    """Trace analysis over many runs: failure rate, slow agents, cost by model/agent/prompt version.
+
+    Agent calls and failures come from the agent steps themselves (a failed agent call is
+    journaled as ``failed`` with its prompt version), so a failure is counted against the
+    agent and version that failed, never against every agent that ran in a failed run.
+    """
     by_status: dict[str, int] = defaultdict(int)
     for r in runs:
         by_status[r.status] += 1
-    agent_durations: dict[str, list[float]] = defaultdict(list)
-    agent_cost: dict[str, float] = defaultdict(float)
+    agents: dict[str, dict[str, Any]] = {}
     model_cost: dict[str, float] = defaultdict(float)
     model_calls: dict[str, int] = defaultdict(int)
     versions: dict[tuple[str, str], dict[str, Any]] = {}
-    run_status = {r.run_id: r.status for r in runs}
     for run_id, steps in steps_by_run.items():
         for s in steps:
-            if s.kind == "agent" and s.status == "completed":
-                agent_durations[s.name].append(s.ended_at - s.started_at)
             if s.kind == "model":
                 model = str(s.meta.get("model", "?"))
                 model_cost[model] += s.cost_usd
                 model_calls[model] += 1
-                agent_cost[s.name] += s.cost_usd
-                pv = str(s.meta.get("prompt_version", "?"))
-                v = versions.setdefault((s.name, pv), {"agent": s.name, "prompt_version": pv, "calls": 0,
-                                                       "runs": set(), "failed_runs": set()})
+                _agent_row(agents, s.name)["cost_usd"] += s.cost_usd
+                _version_row(versions, s.name, s.meta)["model_calls"] += 1
+            elif s.kind == "agent" and s.status in ("completed", "failed"):
+                failed = s.status == "failed"
+                row = _agent_row(agents, s.name)
+                row["durations"].append(max(0.0, s.ended_at - s.started_at))
+                row["failures"] += failed
+                v = _version_row(versions, s.name, s.meta)
                 v["calls"] += 1
+                v["failures"] += failed
                 v["runs"].add(run_id)
-                if run_status.get(run_id) == "failed":
+                if failed:
                     v["failed_runs"].add(run_id)
     total = len(runs)
-    agents = [{"agent": a, "calls": len(d), "mean_s": round(statistics.fmean(d), 3), "max_s": round(max(d), 3),
-               "cost_usd": round(agent_cost.get(a, 0.0), 6)} for a, d in agent_durations.items()]
-    agents.sort(key=lambda a: float(str(a["mean_s"])), reverse=True)
     return {
         "runs": total,
         "by_status": dict(by_status),
         "failure_rate": round(by_status.get("failed", 0) / total, 4) if total else 0.0,
         "model_calls": sum(r.model_calls for r in runs),
         "cost_usd": round(sum(r.cost_usd for r in runs), 6),
-        "agents": agents,
+        "agents": sorted((_agent_json(name, row) for name, row in agents.items() if row["durations"]),
+                         key=lambda a: float(a["mean_s"]), reverse=True),
         "cost_by_model": {m: {"calls": model_calls[m], "cost_usd": round(c, 6)} for m, c in model_cost.items()},
         "prompt_versions": [
-            {"agent": v["agent"], "prompt_version": v["prompt_version"], "calls": v["calls"], "runs": len(v["runs"]),
-             "failure_rate": round(len(v["failed_runs"]) / len(v["runs"]), 4) if v["runs"] else 0.0}
+            {"agent": v["agent"], "prompt_version": v["prompt_version"], "calls": v["calls"],
+             "failures": v["failures"], "model_calls": v["model_calls"], "runs": len(v["runs"]),
+             "failed_runs": len(v["failed_runs"]),
+             "failure_rate": round(v["failures"] / v["calls"], 4) if v["calls"] else 0.0}
             for v in versions.values()
         ],
     }
+
+
+def _agent_row(agents: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    return agents.setdefault(name, {"durations": [], "failures": 0, "cost_usd": 0.0})
+
+
+def _version_row(versions: dict[tuple[str, str], dict[str, Any]], agent: str,
+                 meta: dict[str, Any]) -> dict[str, Any]:
+    pv = str(meta.get("prompt_version", "?"))
+    return versions.setdefault((agent, pv), {"agent": agent, "prompt_version": pv, "calls": 0, "failures": 0,
+                                             "model_calls": 0, "runs": set(), "failed_runs": set()})
+
+
+def _agent_json(name: str, row: dict[str, Any]) -> dict[str, Any]:
+    d = row["durations"]
+    return {"agent": name, "calls": len(d), "failures": row["failures"],
+            "failure_rate": round(row["failures"] / len(d), 4), "mean_s": round(statistics.fmean(d), 3),
+            "max_s": round(max(d), 3), "cost_usd": round(row["cost_usd"], 6)}
 
 
 def stats_text(stats: dict[str, Any]) -> str:
@@ -173,8 +197,8 @@ def stats_text(stats: dict[str, Any]) -> str:
     if stats["agents"]:
         lines.append("  agents (slowest first):")
         for a in stats["agents"]:
-            lines.append(f"    {a['agent']:<20} calls {a['calls']:>4}  mean {a['mean_s']:.2f}s  max {a['max_s']:.2f}s"
-                         f"  ${a['cost_usd']:.4f}")
+            lines.append(f"    {a['agent']:<20} calls {a['calls']:>4}  failed {a['failures']:>4}  mean {a['mean_s']:.2f}s"
+                         f"  max {a['max_s']:.2f}s  ${a['cost_usd']:.4f}")
     if stats["cost_by_model"]:
         lines.append("  cost by model:")
         for m, c in stats["cost_by_model"].items():
@@ -182,6 +206,6 @@ def stats_text(stats: dict[str, Any]) -> str:
     if stats["prompt_versions"]:
         lines.append("  prompt versions:")
         for v in sorted(stats["prompt_versions"], key=lambda v: (v["agent"], v["prompt_version"])):
-            lines.append(f"    {v['agent']:<20} {v['prompt_version']}  runs {v['runs']:>4}  "
-                         f"failure rate {v['failure_rate']:.1%}")
+            lines.append(f"    {v['agent']:<20} {v['prompt_version']}  calls {v['calls']:>4}  failed {v['failures']:>4}  "
+                         f"failure rate {v['failure_rate']:.1%}  runs {v['runs']:>4}")
     return "\n".join(lines)

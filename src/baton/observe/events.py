@@ -7,6 +7,7 @@ sinks, so the hot path pays for observability only when it is switched on.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -53,6 +54,15 @@ REFINE_ROUND = "refine.round"
 
 def new_id(nbytes: int = 8) -> str:
     return os.urandom(nbytes).hex()
+
+
+def trace_id_for(run_id: str) -> str:
+    """The run's trace id (32 hex digits), the same for every execution of it.
+
+    Derived, not stored: a resumed run, in this process or another, continues the trace
+    its first execution started, so one run is one trace.
+    """
+    return hashlib.blake2b(run_id.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 @dataclass(slots=True)

@@ -214,14 +214,26 @@ class BreakerRegistry:
         self._defaults = _check_settings(defaults or {}, "breaker")
         self._overrides: dict[str, dict[str, Any]] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
-        self._on_change = on_change
+        self._listeners: list[OnChange] = [on_change] if on_change is not None else []
         self._clock = clock
+
+    def listen(self, fn: OnChange) -> None:
+        """Call ``fn(name, old, new)`` on every state change of every breaker here (once per ``fn``)."""
+        if fn not in self._listeners:
+            self._listeners.append(fn)
+
+    def _changed(self, name: str, old: str, new: str) -> None:
+        for fn in self._listeners:
+            try:
+                fn(name, old, new)
+            except Exception:  # an observer must never break the call path
+                logger.exception("breaker listener failed for %s (%s -> %s)", name, old, new)
 
     def get(self, name: str) -> CircuitBreaker:
         breaker = self._breakers.get(name)
         if breaker is None:
             settings = {**self._defaults, **self._overrides.get(name, {})}
-            breaker = CircuitBreaker(name, clock=self._clock, on_change=self._on_change, **settings)
+            breaker = CircuitBreaker(name, clock=self._clock, on_change=self._changed, **settings)
             self._breakers[name] = breaker
         return breaker
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +38,7 @@ from baton.messages import (
 )
 from baton.models.pricing import cost_of
 from baton.observe import events as ev
-from baton.observe.events import Event, EventStream, new_id
+from baton.observe.events import Event, EventStream, new_id, trace_id_for
 from baton.runtime.breaker import BreakerRegistry, counts_as_failure
 from baton.runtime.budget import BudgetTracker, Reservation
 from baton.runtime.fingerprint import differences, request_fingerprint
@@ -44,7 +46,7 @@ from baton.runtime.journal import Journal
 from baton.runtime.retry import RetryPolicy
 from baton.runtime.routing import AUTO, ModelRouter
 from baton.stores.base import StepRecord
-from baton.tools import Tool, ToolContext
+from baton.tools import Tool, ToolContext, ToolInterrupted
 
 __all__ = ["IN_FLIGHT_GRACE_S", "ModelBinding", "ReplayDivergence", "Runtime"]
 """``ReplayDivergence`` lives in ``baton.errors``; importing it from here keeps working."""
@@ -65,6 +67,16 @@ def _new_governor() -> RateGovernor:
     from baton.runtime.ratelimit import RateGovernor
 
     return RateGovernor()
+
+
+_CURRENT: ContextVar[Runtime | None] = ContextVar("baton_runtime", default=None)
+"""The run whose code is executing: a breaker that changes state is reported to this run."""
+
+
+def _breaker_changed(target: str, old: str, new: str) -> None:
+    runtime = _CURRENT.get()
+    if runtime is not None:
+        runtime.emit(ev.BREAKER_CHANGE, new_id(), runtime.run_span, {"target": target, "old": old, "new": new})
 
 
 @dataclass(slots=True)
@@ -102,18 +114,30 @@ class Runtime:
     governor: RateGovernor = field(default_factory=_new_governor)
     cache: ResultCache | None = None
     cache_ttl_s: float | None = None
-    trace_id: str = field(default_factory=lambda: new_id(16))
+    trace_id: str = ""
+    """Empty: derived from the run id, so a resumed run stays in its first execution's trace."""
     run_span: str = field(default_factory=new_id)
     sleep: Any = asyncio.sleep
     replay_only: bool = False
     """Replay mode: any step missing from the journal is a divergence; nothing is executed."""
     router: ModelRouter = field(default_factory=ModelRouter)
+    stop_reason: str | None = None
+    """Why the run stopped itself as interrupted (a tool's KeyboardInterrupt), for its error message."""
     _slots: asyncio.Semaphore | None = None
     _warm: dict[str, asyncio.Event] = field(default_factory=dict)
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(max(1, self.budget.limits.concurrency))
+        if not self.trace_id:
+            self.trace_id = trace_id_for(self.run_id)
+        self.breakers.listen(_breaker_changed)
+
+    async def scoped(self, work: Awaitable[Any]) -> Any:
+        """Await ``work`` as this run's code: events that cannot name their run (a breaker's
+        change of state) find it through the task's context."""
+        _CURRENT.set(self)  # this task's own context: nothing outside it sees the change
+        return await work
 
     # --- events ---------------------------------------------------------------
 
@@ -421,67 +445,26 @@ class Runtime:
             self._replayed(rec, ctx.span_id)
             return ToolResultBlock(use.id, str(rec.result["content"]), bool(rec.result.get("is_error")))
         if self.journal is not None and not tool.idempotent:
-            prior = self.journal.get(key)
-            started_before = prior.attempts if prior is not None and prior.status == "started" else 0
-            if started_before:
-                # Each crash while in flight needs its own decision: approving one re-run
-                # does not approve the re-run after the next crash.
-                dkey = f"{key}#decision" if started_before == 1 else f"{key}#decision-{started_before}"
-                decision = self.journal.completed(dkey)
-                if decision is None:
-                    raise DecisionRequired(
-                        f"non-idempotent tool {tool.name!r} (step {key}) was in flight when the run stopped; its "
-                        f"outcome is unknown, so it is not re-run blindly. Decide with: baton approve "
-                        f"{self.run_id} {dkey} --approve (run it again) or --reject (report it failed)",
-                        step=dkey)
-                if not decision.result.get("approved"):
-                    edit = decision.result.get("edit")
-                    content = edit if edit is not None else f"tool {tool.name!r} outcome unknown after a crash; not re-run"
-                    block = ToolResultBlock(use.id, str(content), is_error=edit is None)
-                    await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "completed",
-                                                 result={"content": block.content, "is_error": block.is_error},
-                                                 started_at=time.time(), ended_at=time.time()))
-                    return block
-            await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "started", started_at=time.time(),
-                                         attempts=started_before + 1, meta={"idempotent": False}))
+            settled = await self._unsure_tool_call(ctx, key, use, tool)
+            if settled is not None:
+                return settled
         span = new_id()
         self.emit(ev.TOOL_CALL, span, ctx.span_id, {"agent": agent.name, "tool": tool.name, "key": key,
                                                     "call_id": use.id, "input": use.input})
         started = time.time()
         t0 = time.perf_counter()
-        breaker = self.breakers.get(f"tool:{tool.name}")
         tctx = ToolContext(run_id=self.run_id, agent=agent.name, step_key=key,
                            idempotency_key=f"{self.run_id}:{key}", state=ctx.state)
-        attempt = 0
-        while True:
-            attempt += 1
-            if not breaker.allow():
-                content, is_error = f"Error: tool {tool.name!r} is unavailable (circuit open); try later.", True
-                break
-            try:
-                out = await tool.invoke(use.input, tctx)
-            except ToolError as exc:
-                if counts_as_failure(exc):
-                    breaker.record_failure()
-                else:
-                    breaker.release()
-                delay = self.retry.delay_for(attempt, exc, now=time.monotonic(), deadline=self.budget.deadline,
-                                             retry_tool_errors=True) if tool.retryable else None
-                if delay is not None:
-                    self.emit(ev.RETRY, new_id(), ctx.span_id, {"agent": agent.name, "target": tool.name,
-                                                                "attempt": attempt, "delay_s": delay,
-                                                                "error_type": "tool_error"})
-                    await self.sleep(delay)
-                    continue
-                content, is_error = f"Error: {exc}", True
-                break
-            except BaseException:
-                breaker.release()
-                raise
-            breaker.record_success()
-            content = out if isinstance(out, str) else orjson.dumps(out).decode()
-            is_error = False
-            break
+        try:
+            content, is_error, attempt = await self._tool_attempts(ctx, agent, tool, use, tctx)
+        except ToolInterrupted as exc:
+            # Not journaled: the call did not finish, so a resume runs it again (or asks, if not idempotent).
+            self.emit(ev.TOOL_RESULT, span, ctx.span_id, {"agent": agent.name, "tool": tool.name, "key": key,
+                                                          "call_id": use.id, "is_error": True,
+                                                          "error_type": "interrupted",
+                                                          "duration_s": time.perf_counter() - t0})
+            self.stop_reason = str(exc)
+            raise asyncio.CancelledError(str(exc)) from exc
         duration = time.perf_counter() - t0
         await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "completed",
                                      result={"content": content, "is_error": is_error}, started_at=started,
@@ -491,6 +474,81 @@ class Runtime:
                                                       "call_id": use.id, "is_error": is_error, "duration_s": duration,
                                                       "output": content})
         return ToolResultBlock(use.id, content, is_error)
+
+    async def _unsure_tool_call(self, ctx: RunContext, key: str, use: ToolUseBlock,
+                                tool: Tool) -> ToolResultBlock | None:
+        """A non-idempotent tool: ask before re-running a call that was in flight at a crash.
+
+        Returns the settled result when a human rejected the re-run, None to go ahead.
+        """
+        assert self.journal is not None
+        prior = self.journal.get(key)
+        started_before = prior.attempts if prior is not None and prior.status == "started" else 0
+        if started_before:
+            # Each crash while in flight needs its own decision: approving one re-run
+            # does not approve the re-run after the next crash.
+            dkey = f"{key}#decision" if started_before == 1 else f"{key}#decision-{started_before}"
+            decision = self.journal.completed(dkey)
+            if decision is None:
+                raise DecisionRequired(
+                    f"non-idempotent tool {tool.name!r} (step {key}) was in flight when the run stopped; its "
+                    f"outcome is unknown, so it is not re-run blindly. Decide with: baton approve "
+                    f"{self.run_id} {dkey} --approve (run it again) or --reject (report it failed)",
+                    step=dkey)
+            self.emit(ev.APPROVAL_DECIDED, new_id(), ctx.span_id, {
+                "step": dkey, "name": tool.name, "approved": bool(decision.result.get("approved")),
+                "by": decision.result.get("by"), "edited": decision.result.get("edit") is not None,
+                "decided_at": decision.ended_at})
+            if not decision.result.get("approved"):
+                edit = decision.result.get("edit")
+                content = edit if edit is not None else f"tool {tool.name!r} outcome unknown after a crash; not re-run"
+                block = ToolResultBlock(use.id, str(content), is_error=edit is None)
+                await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "completed",
+                                             result={"content": block.content, "is_error": block.is_error},
+                                             started_at=time.time(), ended_at=time.time()))
+                return block
+        await self.commit(StepRecord(self.run_id, key, "tool", tool.name, "started", started_at=time.time(),
+                                     attempts=started_before + 1, meta={"idempotent": False}))
+        return None
+
+    async def _tool_attempts(self, ctx: RunContext, agent: Agent, tool: Tool, use: ToolUseBlock,
+                             tctx: ToolContext) -> tuple[str, bool, int]:
+        """Call the tool under its breaker and the agent's retry policy: (content, is_error, attempts).
+
+        Every failure of the tool, a result that is not JSON included, is a tool error the
+        model is told about; retried first when the tool is ``retryable``, or when it is
+        idempotent and the failure transient (a timeout, a lost connection).
+        """
+        policy: RetryPolicy = agent.retry or self.retry
+        breaker = self.breakers.get(f"tool:{tool.name}")
+        attempt = 0
+        while True:
+            attempt += 1
+            if not breaker.allow():
+                return f"Error: tool {tool.name!r} is unavailable (circuit open); try later.", True, attempt
+            try:
+                content = tool.result_text(await tool.invoke(use.input, tctx))
+            except ToolError as exc:
+                if counts_as_failure(exc):
+                    breaker.record_failure()
+                else:
+                    breaker.release()
+                delay = None
+                if tool.retryable or tool.idempotent:
+                    delay = policy.delay_for(attempt, exc, now=time.monotonic(), deadline=self.budget.deadline,
+                                             retry_tool_errors=tool.retryable)
+                if delay is None:
+                    return f"Error: {exc}", True, attempt
+                self.emit(ev.RETRY, new_id(), ctx.span_id, {"agent": agent.name, "target": tool.name,
+                                                            "attempt": attempt, "delay_s": delay,
+                                                            "error_type": "tool_error"})
+                await self.sleep(delay)
+                continue
+            except BaseException:
+                breaker.release()
+                raise
+            breaker.record_success()
+            return content, False, attempt
 
 
 @dataclass(slots=True)

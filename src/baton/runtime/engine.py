@@ -326,7 +326,7 @@ class Engine:
         runtime.emit(ev.RUN_START, runtime.run_span, None, {"workflow": record.workflow, "run_id": record.run_id})
         t0 = time.monotonic()
         ctx = RunContext(runtime, input=record.input)
-        work = asyncio.ensure_future(_with_wall_time(workflow(ctx, record.input), limits.timeout_s))
+        work = asyncio.ensure_future(runtime.scoped(_with_wall_time(workflow(ctx, record.input), limits.timeout_s)))
         lost = False
 
         def on_lost() -> None:
@@ -346,7 +346,9 @@ class Engine:
                 status, error = "interrupted", _error_dict(pending)
             else:
                 status, error = _status_for(exc), _error_dict(exc)
-                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+                if runtime.stop_reason is not None:  # the run stopped itself (a tool's KeyboardInterrupt)
+                    error["message"] = runtime.stop_reason
+                elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
                     pending = exc
         finally:
             if not work.done():  # we were cancelled: let the workflow unwind before recording the end

@@ -27,15 +27,19 @@ def is_retryable(error: BaseException, *, retry_timeouts: bool = True, retry_too
     """Whether another attempt could succeed.
 
     ``ProviderError.retryable`` is the adapter's verdict (429/5xx/529/408/409, ``x-should-retry``,
-    spend-limit 429 = never). Timeouts only when ``retry_timeouts``; a ``ToolError`` only when the
-    tool declared itself retryable (``retry_tool_errors``). Everything else is final.
+    spend-limit 429 = never). Timeouts only when ``retry_timeouts``; a ``ToolError`` when the
+    tool declared itself retryable (``retry_tool_errors``) or the failure is transient (a timeout,
+    under ``retry_timeouts``, or a lost connection; the caller asks only for idempotent tools).
+    Everything else is final.
     """
     if isinstance(error, ProviderTimeout | TimeoutError):  # asyncio.TimeoutError is TimeoutError on 3.11
         return retry_timeouts
     if isinstance(error, ProviderError):
         return error.retryable
     if isinstance(error, ToolError):
-        return retry_tool_errors
+        if retry_tool_errors:
+            return True
+        return error.transient and (retry_timeouts or not isinstance(error.__cause__, TimeoutError))
     return False
 
 

@@ -19,7 +19,7 @@ from baton.errors import BatonError, WorkflowError
 from baton.runtime.budget import Limits
 from baton.spec.loader import Located, Path, dotted, load_yaml
 from baton.spec.schema import SCHEMA
-from baton.tools import Tool, tool
+from baton.tools import DEFAULT_MAX_RESULT_CHARS, Tool, tool
 
 Problems = list[dict[str, Any]]
 
@@ -114,7 +114,8 @@ class _Builder:
             try:
                 self.tools[name] = tool(fn, name=name, description=cfg.get("description"),
                                         timeout_s=cfg.get("timeout_s", 60.0), idempotent=cfg.get("idempotent", True),
-                                        retryable=cfg.get("retryable", False))
+                                        retryable=cfg.get("retryable", False),
+                                        max_result_chars=cfg.get("max_result_chars", DEFAULT_MAX_RESULT_CHARS))
             except Exception as exc:
                 self.problem(("tools", name, "python"), f"cannot build a tool from {cfg['python']!r}: {exc}")
 

@@ -140,6 +140,7 @@ SCHEMA: dict[str, Any] = {
             "timeout_s": POS_NUM,
             "idempotent": {"type": "boolean"},
             "retryable": {"type": "boolean"},
+            "max_result_chars": POS_INT,
         }},
         "ref": REF,
         "retry": RETRY,
