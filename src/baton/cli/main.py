@@ -429,6 +429,21 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(low: int, high: int) -> Any:
+    """An argparse type: a whole number within [low, high] (a negative --limit would list everything)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low}-{high})")
+        return value
+
+    return parse
+
+
 def _workflow_option(sp: argparse.ArgumentParser, command: str) -> None:
     sp.add_argument("--workflow", metavar="FILE|MODULE:FUNCTION",
                     help=f"the workflow to {command} the run with; needed for a Python workflow or a workflow file "
@@ -484,7 +499,7 @@ def _parser() -> argparse.ArgumentParser:
     rs.set_defaults(fn=_cmd_resume)
 
     ls = sub.add_parser("runs", help="list runs")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=_count(1, 1_000_000), default=50)
     store(ls)
     ls.set_defaults(fn=_cmd_runs)
 
@@ -494,14 +509,14 @@ def _parser() -> argparse.ArgumentParser:
     sh.set_defaults(fn=_cmd_show)
 
     st = sub.add_parser("stats", help="trace analysis over many runs")
-    st.add_argument("--limit", type=int, default=500)
+    st.add_argument("--limit", type=_count(1, 1_000_000), default=500)
     store(st)
     st.set_defaults(fn=_cmd_stats)
 
     v = sub.add_parser("validate", help="check a workflow file and print its worst-case cost")
     v.add_argument("workflow")
     v.add_argument("--json", action="store_true")
-    v.add_argument("--assume-input-tokens", type=int, default=8000)
+    v.add_argument("--assume-input-tokens", type=_count(0, 10_000_000), default=8000)
     v.set_defaults(fn=_cmd_validate)
 
     a = sub.add_parser("approve", help="approve or reject a step awaiting a human decision")
