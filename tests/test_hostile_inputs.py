@@ -280,6 +280,10 @@ def test_hostile_cli_arguments_get_one_line_and_leave_no_run_running(api: FakeAn
         refused(cli(tmp_path, "run", str(wf), "--input", "x", "--metrics-port", port, server=api),
                 "cannot serve metrics", port)
 
+    refused(cli(tmp_path, "runs", "--limit", "-1"), "--limit", "out of range")
+    refused(cli(tmp_path, "stats", "--limit", "99999999999999999999"), "--limit")
+    refused(cli(tmp_path, "validate", str(wf), "--assume-input-tokens", "-5"), "--assume-input-tokens")
+
     (tmp_path / "flows.py").write_text("async def one(ctx):\n    return 1\nCONSTANT = 5\n")
     refused(cli(tmp_path, "run", "flows:one", "--input", "x", server=api), "takes two arguments")
     refused(cli(tmp_path, "run", "flows:CONSTANT", "--input", "x", server=api), "not a function")
