@@ -209,11 +209,12 @@ class Engine:
     async def run(self, workflow: Workflow, input: Any = None, *, run_id: str | None = None,
                   limits: Limits | None = None, metadata: dict[str, Any] | None = None) -> RunResult:
         run_id = check_run_id(run_id, source="run_id") if run_id is not None else new_id(8)
-        check_signature(workflow, workflow_ref(workflow))  # before the run is recorded: nothing left 'pending'
+        ref = workflow_ref(workflow)
+        check_signature(workflow, ref)  # before the run is recorded: nothing left 'pending'
         store = await self._store()
         try:
             limits = limits or getattr(workflow, "limits", None) or Limits()
-            record = RunRecord(run_id=run_id, workflow=workflow_ref(workflow), input=input,
+            record = RunRecord(run_id=run_id, workflow=ref, input=input,
                                limits=limits.to_dict(), metadata=dict(metadata or {}))
             sha = getattr(workflow, "sha256", None)
             if isinstance(sha, str) and sha:

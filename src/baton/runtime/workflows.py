@@ -65,8 +65,20 @@ def registered(ref: str) -> Any | None:
         return _by_ref.get(ref)
 
 
+_checked: dict[int, Any] = {}  # id -> workflow whose signature passed (inspect.signature costs ~0.1 ms)
+
+
 def check_signature(workflow: Any, shown: str) -> None:
     """Refuse, before any run is recorded, what cannot be called as ``workflow(ctx, input)``."""
+    if _checked.get(id(workflow)) is workflow:
+        return
+    _check_signature(workflow, shown)
+    if len(_checked) >= 1024:
+        _checked.clear()
+    _checked[id(workflow)] = workflow
+
+
+def _check_signature(workflow: Any, shown: str) -> None:
     if not callable(workflow):
         raise UsageError(f"workflow {shown} is a {type(workflow).__name__}, not a function: "
                          f"a workflow is 'async def name(ctx, input)'")
