@@ -39,7 +39,8 @@ def baton(*args: str, env_extra: dict[str, str] | None = None, cwd: Path | None 
 
 def api_env(server: FakeAnthropicServer, tmp_path: Path) -> dict[str, str]:
     return {"ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": "test-key",
-            "BATON_STORE": f"sqlite:///{tmp_path}/cli.db", "PYTHONPATH": str(ROOT)}
+            "BATON_STORE": f"sqlite:///{tmp_path}/cli.db",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}  # this checkout, not an installed copy
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.parent.name)
@@ -139,7 +140,8 @@ def test_approval_exit_4_then_approve_and_resume(server: FakeAnthropicServer, tm
     shown = json.loads(baton("show", run_id, "--json", env_extra=env).stdout)
     assert shown["status"] == "awaiting_approval" and len(shown["awaiting"]) == 1
     step = shown["awaiting"][0]
-    a = baton("approve", run_id, step, "--edit", "We launched today.", "--resume", "--json", env_extra=env)
+    a = baton("approve", run_id, step, "--edit", "We launched today.", "--resume", "--json",
+              "--workflow", "tests.flows.approval:announce", env_extra=env)
     assert a.returncode == 0, a.stderr
     assert json.loads(a.stdout)["output"] == {"published": True, "text": "We launched today."}
     assert len(server.requests) == 1
@@ -177,7 +179,7 @@ def test_sigint_interrupts_with_exit_130_and_resume_completes(server: FakeAnthro
     assert proc.returncode == 130, err
     shown = json.loads(baton("show", "sigint-run", "--json", env_extra=env).stdout)
     assert shown["status"] == "interrupted"
-    r = baton("resume", "sigint-run", "--json", env_extra=env)
+    r = baton("resume", "sigint-run", "--json", "--workflow", "tests.flows.approval:announce", env_extra=env)
     assert r.returncode == 4  # resumed, called the model again (in flight), now awaits approval
     assert json.loads(r.stdout)["status"] == "awaiting_approval"
 

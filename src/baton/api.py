@@ -8,6 +8,16 @@ from typing import Any
 from baton.errors import UsageError
 from baton.runtime.budget import Limits
 from baton.runtime.engine import Engine, RunResult, Workflow, decide
+from baton.runtime.workflows import register_workflow
+
+__all__ = ["approve", "load_recorded_file", "register_workflow", "replay", "resume", "run", "run_sync"]
+
+
+def load_recorded_file(run_id: str, path: str, recorded: Any, command: str) -> Any:
+    """A run's workflow file, only while its content is what the run recorded (spec loads lazily)."""
+    from baton.spec.build import load_recorded_file as load
+
+    return load(run_id, path, recorded, command)
 
 
 def _engine(kw: dict[str, Any]) -> Engine:
@@ -16,7 +26,7 @@ def _engine(kw: dict[str, Any]) -> Engine:
     unknown = sorted(set(kw) - fields)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; expected one of {sorted(fields)}")
-    return Engine(**kw)
+    return Engine(**kw, files=load_recorded_file)
 
 
 async def run(workflow: Workflow, input: Any = None, *, run_id: str | None = None, limits: Limits | None = None,
@@ -33,14 +43,21 @@ async def run(workflow: Workflow, input: Any = None, *, run_id: str | None = Non
 async def resume(run_id: str, workflow: Workflow | None = None, *, force: bool = False,
                  budget_usd: float | None = None, budget_tokens: int | None = None,
                  max_model_calls: int | None = None, timeout_s: float | None = None, **options: Any) -> RunResult:
-    """Continue a stopped run from its journal; completed steps are not executed again."""
+    """Continue a stopped run from its journal; completed steps are not executed again.
+
+    Without ``workflow``, the run's own workflow is used only if this process registered it
+    (``baton.register_workflow``) or it is a workflow file whose content is unchanged since
+    the run started: a module path stored in a run is never imported.
+    """
     return await _engine(options).resume(run_id, workflow, force=force, budget_usd=budget_usd,
                                          budget_tokens=budget_tokens, max_model_calls=max_model_calls,
                                          timeout_s=timeout_s)
 
 
 async def replay(run_id: str, workflow: Workflow | None = None, **options: Any) -> RunResult:
-    """Re-execute against the journal only; raises ``ReplayDivergence`` at the first differing step."""
+    """Re-execute against the journal only; raises ``ReplayDivergence`` at the first differing step.
+
+    ``workflow`` is found as for ``resume`` when not given."""
     return await _engine(options).replay(run_id, workflow)
 
 

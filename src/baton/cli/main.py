@@ -22,17 +22,40 @@ EXIT_BY_STATUS = {"succeeded": 0, "failed": 1, "budget_exceeded": 3, "awaiting_a
                   "cancelled": 1}
 
 
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+"""The largest --input-file or stdin input read (a device like /dev/zero never ends)."""
+
+
+def _out(text: str) -> None:
+    """Write to stdout; a reader that went away (``baton runs | head``) ends the output, not the command."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's last flush at exit cannot fail again.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+
+
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    _out(json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def _err(msg: str) -> None:
-    sys.stderr.write(msg.rstrip() + "\n")
+    """One message on stderr: URL credentials masked, control characters escaped."""
+    from baton.masking import mask_urls, printable
+
+    with contextlib.suppress(OSError):
+        sys.stderr.write(printable(mask_urls(msg.rstrip())) + "\n")
 
 
 def _report_error(exc: BatonError, as_json: bool) -> int:
+    from baton.masking import mask_in
+
     if as_json:
-        _print_json({"run_id": None, "status": "error", "output": None, "error": exc.to_dict()})
+        _print_json({"run_id": None, "status": "error", "output": None, "error": mask_in(exc.to_dict())})
     if isinstance(exc, WorkflowError) and len(exc.problems) > 1:
         _err(f"baton: {len(exc.problems)} problems:")
         for p in exc.problems:
@@ -71,7 +94,11 @@ class _Sinks:
 
             metrics = MetricsSink()
             self.sinks.append(metrics)
-            self._server = serve_metrics(args.metrics_port, metrics.registry)
+            try:
+                self._server = serve_metrics(args.metrics_port, metrics.registry)
+            except (OSError, OverflowError) as exc:
+                raise UsageError(f"cannot serve metrics on port {args.metrics_port}: "
+                                 f"{getattr(exc, 'strerror', None) or exc}") from exc
             _err(f"baton: metrics on http://127.0.0.1:{args.metrics_port}/metrics")
         if getattr(args, "trace", None):
             from baton.observe.otel import OTelSink, configure_tracing
@@ -87,20 +114,38 @@ class _Sinks:
 # --- commands ----------------------------------------------------------------------------
 
 
+def _input_text(data: bytes, source: str) -> str:
+    """Input is text: UTF-8, no NUL bytes, at most ``MAX_INPUT_BYTES``."""
+    if len(data) > MAX_INPUT_BYTES:
+        raise UsageError(f"{source} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB, the input limit")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{source} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                         f"input must be text") from None
+    if "\x00" in text:
+        raise UsageError(f"{source} contains NUL bytes (a binary file?); input must be text")
+    return text
+
+
 def _read_input(args: argparse.Namespace) -> Any:
     if args.input is not None and args.input_file is not None:
         raise UsageError("give either --input or --input-file, not both")
     if args.input_file is not None:
         try:
-            return Path(args.input_file).read_text()
+            with open(args.input_file, "rb") as f:
+                data = f.read(MAX_INPUT_BYTES + 1)
         except OSError as exc:
-            raise UsageError(f"cannot read --input-file {args.input_file}: {exc.strerror}") from exc
+            raise UsageError(f"cannot read --input-file {args.input_file}: {exc.strerror or exc}") from exc
+        return _input_text(data, f"--input-file {args.input_file}")
     if args.input is not None:
+        if "\x00" in args.input:
+            raise UsageError("--input contains NUL characters; input must be text")
         return args.input
     if not sys.stdin.isatty():
-        data = sys.stdin.read()
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
         if data:
-            return data
+            return _input_text(data, "stdin")
     raise UsageError("no input: pass --input TEXT, --input-file PATH, or pipe text on stdin")
 
 
@@ -119,7 +164,7 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
     else:
         if result.output is not None:
             out = result.output if isinstance(result.output, str) else json.dumps(result.output, indent=2)
-            sys.stdout.write(out.rstrip() + "\n")
+            _out(out.rstrip() + "\n")
         u = result.usage
         _err(f"baton: run {result.run_id} {result.status} in {result.duration_s:.1f}s; "
              f"{result.model_calls} model calls; tokens {u.input_tokens} in / {u.output_tokens} out"
@@ -135,20 +180,32 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
 
 
 def _load_workflow(ref: str) -> Any:
-    """A YAML file, or a Python workflow given as ``module:function``."""
+    """A YAML file, or a Python workflow given as ``module:function`` (the caller names it: this is
+    the only place a module path is imported, never from a stored run)."""
     from baton.runtime.budget import Limits
-    from baton.runtime.engine import load_workflow
+    from baton.runtime.workflows import check_signature
     from baton.spec import load_workflow_file
 
     if Path(ref).suffix in (".yaml", ".yml") or Path(ref).is_file():
         return load_workflow_file(ref), None
     if ":" in ref:
-        sys.path.insert(0, os.getcwd())
+        from baton.spec.build import import_callable
+
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())  # last: a file in the current folder never shadows an installed module
         try:
-            return load_workflow(f"py:{ref}"), Limits()
-        except (ImportError, AttributeError) as exc:
+            workflow = import_callable(ref)
+        except (ImportError, AttributeError, ValueError) as exc:
             raise UsageError(f"cannot import workflow {ref!r}: {exc}") from exc
+        check_signature(workflow, ref)
+        return workflow, Limits()
     raise UsageError(f"workflow {ref!r} is neither a YAML file nor module:function")
+
+
+def _named_workflow(args: argparse.Namespace) -> Any:
+    """The workflow resume/replay were told to use with --workflow, or None (the run's own, if allowed)."""
+    ref = getattr(args, "workflow", None)
+    return _load_workflow(ref)[0] if ref else None
 
 
 def _engine(args: argparse.Namespace, sinks: _Sinks) -> Any:
@@ -167,11 +224,26 @@ def _engine(args: argparse.Namespace, sinks: _Sinks) -> Any:
         from baton.runtime.ratelimit_redis import RedisRateGovernor
 
         governor = RedisRateGovernor(rl_url)  # limits shared by every process using this Redis
+    from baton.api import load_recorded_file
+
     return Engine(store=args.store, provider=_provider(args), sinks=sinks.sinks, cache=cache,
-                  cache_ttl_s=getattr(args, "cache_ttl", None), governor=governor)
+                  cache_ttl_s=getattr(args, "cache_ttl", None), governor=governor, files=load_recorded_file)
+
+
+def _interrupted(run_id: str, args: argparse.Namespace) -> int:
+    """SIGINT/SIGTERM stopped the run (the engine recorded it ``interrupted``): say so, in --json too."""
+    if args.json:
+        _print_json({"run_id": run_id, "status": "interrupted", "output": None, "error": {
+            "type": "Interrupted", "message": "the run was interrupted; resume it with baton resume"}})
+    _err(f"baton: run {run_id} interrupted; resume with: baton resume {run_id}")
+    return EXIT_BY_STATUS["interrupted"]
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
+    from baton.observe.events import new_id
+    from baton.runtime.ids import check_run_id
+
+    run_id = check_run_id(args.run_id, source="--run-id") if args.run_id is not None else new_id(8)
     workflow, default_limits = _load_workflow(args.workflow)
     input_value = _read_input(args)
     base = default_limits or workflow.limits
@@ -179,7 +251,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     sinks = _Sinks(args)
     engine = _engine(args, sinks)
     try:
-        result = await engine.run(workflow, input_value, run_id=args.run_id, limits=limits)
+        result = await engine.run(workflow, input_value, run_id=run_id, limits=limits)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return _interrupted(run_id, args)
     finally:
         sinks.close()
         await _close(engine)
@@ -187,11 +261,14 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _cmd_resume(args: argparse.Namespace) -> int:
+    workflow = _named_workflow(args)
     sinks = _Sinks(args)
     engine = _engine(args, sinks)
     try:
-        result = await engine.resume(args.run_id, force=args.force, budget_usd=args.budget_usd,
+        result = await engine.resume(args.run_id, workflow, force=args.force, budget_usd=args.budget_usd,
                                      budget_tokens=args.budget_tokens)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return _interrupted(args.run_id, args)
     finally:
         sinks.close()
         await _close(engine)
@@ -217,12 +294,13 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([{k: v for k, v in r.to_dict().items() if k not in ("owner", "input", "output")} for r in runs])
     else:
-        print(runs_text(runs))
+        _out(runs_text(runs) + "\n")
     return 0
 
 
 async def _cmd_show(args: argparse.Namespace) -> int:
     from baton.cli.views import show_json, show_text
+    from baton.masking import mask_in, mask_urls, printable
     from baton.observe.redact import redact, redact_text
 
     store = await _open(args)
@@ -232,10 +310,11 @@ async def _cmd_show(args: argparse.Namespace) -> int:
         transitions = await store.transitions(args.run_id)
     finally:
         await store.close()
+    run.error = mask_in(run.error)  # type: ignore[assignment]  # rows written before masking
     if args.json:
         _print_json(redact(show_json(run, steps, transitions)))
     else:
-        print(redact_text(show_text(run, steps, transitions)))  # the journal is raw: display is a sink
+        _out(printable(mask_urls(redact_text(show_text(run, steps, transitions)))) + "\n")  # the journal is raw: display is a sink
     return 0
 
 
@@ -252,7 +331,9 @@ async def _cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(stats)
     else:
-        print(stats_text(stats))
+        from baton.masking import printable
+
+        _out(printable(stats_text(stats)) + "\n")
     return 0
 
 
@@ -270,11 +351,11 @@ async def _cmd_validate(args: argparse.Namespace) -> int:
         _print_json(report)
     else:
         per = " per input item" if bound.per_item else ""
-        print(f"{args.workflow}: valid ({report['pattern']}, {len(wf.agents)} agents)")
-        print(f"worst case: {round(bound.calls)} model calls, ${bound.usd:.4f}{per} "
-              f"(assuming <= {args.assume_input_tokens} input tokens per call; capped by the file's limits)")
+        _out(f"{args.workflow}: valid ({report['pattern']}, {len(wf.agents)} agents)\n"
+             f"worst case: {round(bound.calls)} model calls, ${bound.usd:.4f}{per} "
+             f"(assuming <= {args.assume_input_tokens} input tokens per call; capped by the file's limits)\n")
         if bound.unpriced:
-            print(f"unpriced models (not in the price table): {', '.join(sorted(bound.unpriced))}")
+            _out(f"unpriced models (not in the price table): {', '.join(sorted(bound.unpriced))}\n")
     return 0
 
 
@@ -285,6 +366,8 @@ async def _cmd_approve(args: argparse.Namespace) -> int:
     if edit is not None:
         with contextlib.suppress(ValueError):
             edit = json.loads(edit)
+    if args.resume:
+        _named_workflow(args)  # a bad --workflow is refused before the decision is written
     await decide(args.run_id, args.step, approved=not args.reject, edit=edit, by=args.by or os.environ.get("USER"),
                  note=args.note, store=args.store)
     _err(f"baton: recorded {'rejection' if args.reject else 'approval'} of {args.step} for run {args.run_id}")
@@ -304,18 +387,19 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"run_id": record.run_id, "status": record.status})
     else:
-        print(f"run {record.run_id} cancelled")
+        _out(f"run {record.run_id} cancelled\n")
     return 0
 
 
 async def _cmd_replay(args: argparse.Namespace) -> int:
+    from baton.api import load_recorded_file
     from baton.runtime.engine import Engine
 
-    result = await Engine(store=args.store).replay(args.run_id)
+    result = await Engine(store=args.store, files=load_recorded_file).replay(args.run_id, _named_workflow(args))
     if args.json:
         _print_json({"run_id": args.run_id, "status": "replayed", "diverged": False, "output": result.output})
     else:
-        print(f"run {args.run_id}: replay matches the journal (no model or tool calls made)")
+        _out(f"run {args.run_id}: replay matches the journal (no model or tool calls made)\n")
     return 0
 
 
@@ -335,10 +419,49 @@ async def _close(engine: Any) -> None:
 # --- parser ------------------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range (1-65535)")
+    return port
+
+
+def _count(low: int, high: int) -> Any:
+    """An argparse type: a whole number within [low, high] (a negative --limit would list everything)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low}-{high})")
+        return value
+
+    return parse
+
+
+def _workflow_option(sp: argparse.ArgumentParser, command: str) -> None:
+    sp.add_argument("--workflow", metavar="FILE|MODULE:FUNCTION",
+                    help=f"the workflow to {command} the run with; needed for a Python workflow or a workflow file "
+                         f"that changed since the run started (stored runs never select code to import)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with bad usage told in one line (exit 2) instead of the whole usage block."""
+
+    def error(self, message: str) -> Any:
+        _err(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
 def _parser() -> argparse.ArgumentParser:
     from baton.settings import limit_arg
 
-    p = argparse.ArgumentParser(prog="baton", description="Run teams of Claude agents: durable, budgeted, observable.")
+    p = _Parser(prog="baton", description="Run teams of Claude agents: durable, budgeted, observable.")
     sub = p.add_subparsers(dest="command", required=True)
 
     def store(sp: argparse.ArgumentParser) -> None:
@@ -349,7 +472,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--provider", help="anthropic | local | openai (default: $BATON_PROVIDER, then "
                                            "anthropic if ANTHROPIC_API_KEY is set, else local)")
         sp.add_argument("--log-jsonl", metavar="PATH", help="append every event as one JSON line")
-        sp.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics while running")
+        sp.add_argument("--metrics-port", type=_port, metavar="N", help="serve Prometheus metrics while running")
         sp.add_argument("--trace", choices=["console", "otlp"], help="export OpenTelemetry spans")
         sp.add_argument("--capture", choices=["none", "metadata", "full"], default="metadata",
                         help="how much prompt/output content logs and spans keep (default: metadata)")
@@ -373,12 +496,13 @@ def _parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="continue a stopped run from its journal")
     rs.add_argument("run_id")
     rs.add_argument("--force", action="store_true", help="take the run over even if its owner looks alive")
+    _workflow_option(rs, "resume")
     store(rs)
     observe(rs)
     rs.set_defaults(fn=_cmd_resume)
 
     ls = sub.add_parser("runs", help="list runs")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--limit", type=_count(1, 1_000_000), default=50)
     store(ls)
     ls.set_defaults(fn=_cmd_runs)
 
@@ -388,14 +512,14 @@ def _parser() -> argparse.ArgumentParser:
     sh.set_defaults(fn=_cmd_show)
 
     st = sub.add_parser("stats", help="trace analysis over many runs")
-    st.add_argument("--limit", type=int, default=500)
+    st.add_argument("--limit", type=_count(1, 1_000_000), default=500)
     store(st)
     st.set_defaults(fn=_cmd_stats)
 
     v = sub.add_parser("validate", help="check a workflow file and print its worst-case cost")
     v.add_argument("workflow")
     v.add_argument("--json", action="store_true")
-    v.add_argument("--assume-input-tokens", type=int, default=8000)
+    v.add_argument("--assume-input-tokens", type=_count(0, 10_000_000), default=8000)
     v.set_defaults(fn=_cmd_validate)
 
     a = sub.add_parser("approve", help="approve or reject a step awaiting a human decision")
@@ -408,6 +532,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--by")
     a.add_argument("--note")
     a.add_argument("--resume", action="store_true", help="resume the run right away")
+    _workflow_option(a, "resume")
     store(a)
     a.set_defaults(fn=_cmd_approve)
 
@@ -420,6 +545,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="re-execute against the journal only and report divergence")
     rp.add_argument("run_id")
+    _workflow_option(rp, "replay")
     store(rp)
     rp.set_defaults(fn=_cmd_replay)
     return p
@@ -433,13 +559,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     as_json = bool(getattr(args, "json", False))
     try:
-        code: int = asyncio.run(args.fn(args))
+        if getattr(args, "run_id", None) is not None and args.command != "run":
+            from baton.runtime.ids import check_run_id
+
+            check_run_id(args.run_id)
+        code: int = asyncio.run(_main(args))
         return code
     except BatonError as exc:
         return _report_error(exc, as_json)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         _err("baton: interrupted")
         return 130
+    except BrokenPipeError:
+        _out("")  # stdout's reader went away: nothing more to say
+        return 0
+    except Exception as exc:  # a bug or an unmapped failure: one line (masked), the traceback on request
+        if os.environ.get("BATON_DEBUG"):
+            raise
+        _err(f"baton: internal error: {type(exc).__name__}: {exc} (set BATON_DEBUG=1 for the traceback)")
+        return 1
+
+
+async def _main(args: argparse.Namespace) -> int:
+    """The command, with SIGTERM handled like SIGINT: the run stops, is recorded ``interrupted``, exit 130."""
+    import signal
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signal handlers on this platform
+        loop.add_signal_handler(signal.SIGTERM, lambda: task.cancel() if task is not None else None)
+    try:
+        code: int = await args.fn(args)
+        return code
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 if __name__ == "__main__":

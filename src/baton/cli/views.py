@@ -110,12 +110,16 @@ def show_text(run: RunRecord, steps: list[StepRecord], transitions: list[Transit
 
 
 def runs_text(runs: list[RunRecord]) -> str:
+    from baton.masking import printable
+
     if not runs:
         return "no runs"
     lines = [f"{'RUN ID':<18} {'STATUS':<18} {'CALLS':>5} {'COST':>9}  CREATED              WORKFLOW"]
     for r in runs:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
-        lines.append(f"{r.run_id:<18} {r.status:<18} {r.model_calls:>5} {r.cost_usd:>9.4f}  {created}  {r.workflow}")
+        # Stored text is shown escaped: a row cannot drive the terminal or forge a line.
+        run_id, status, workflow = (printable(str(v), keep_newlines=False) for v in (r.run_id, r.status, r.workflow))
+        lines.append(f"{run_id:<18} {status:<18} {r.model_calls:>5} {r.cost_usd:>9.4f}  {created}  {workflow}")
     return "\n".join(lines)
 
 

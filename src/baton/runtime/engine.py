@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
+import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,9 +30,11 @@ from baton.observe.events import EventStream, Sink, new_id
 from baton.runtime.breaker import BreakerRegistry
 from baton.runtime.budget import BudgetTracker, Limits
 from baton.runtime.calls import ModelBinding, Runtime
+from baton.runtime.ids import check_run_id
 from baton.runtime.journal import Journal
 from baton.runtime.ownership import HEARTBEAT_S, LEASE_S, describe, new_owner, owner_is_dead
 from baton.runtime.retry import RetryPolicy
+from baton.runtime.workflows import SHA_KEY, FileLoader, check_signature, for_record, workflow_ref
 from baton.stores import open_store
 from baton.stores.base import Owner, RunRecord, StepRecord, Store, displaced
 
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # the governor module loads on first run, not on ``import bat
     from baton.runtime.ratelimit import RateGovernor
 
 Workflow = Callable[..., Awaitable[Any]]
+
+__all__ = ["Engine", "RunResult", "Workflow", "decide", "shared_governor", "workflow_ref"]
 
 _GOVERNOR: RateGovernor | None = None
 
@@ -76,32 +80,6 @@ class RunResult:
                 "duration_s": round(self.duration_s, 3), "error": self.error}
 
 
-def workflow_ref(workflow: Any) -> str:
-    ref = getattr(workflow, "baton_ref", None)
-    if isinstance(ref, str):
-        return ref
-    module, qualname = getattr(workflow, "__module__", None), getattr(workflow, "__qualname__", None)
-    if not module or not qualname or "<locals>" in qualname or module == "__main__":
-        return f"unresolvable:{qualname or workflow!r}"
-    return f"py:{module}:{qualname}"
-
-
-def load_workflow(ref: str) -> Any:
-    """Find a workflow again from its stored reference (for resume)."""
-    kind, _, rest = ref.partition(":")
-    if kind == "yaml":
-        from baton.spec import load_workflow_file
-
-        return load_workflow_file(rest)
-    if kind == "py":
-        module, _, qualname = rest.partition(":")
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-        return obj
-    raise UsageError(f"cannot find the workflow of this run again ({ref!r}); pass it explicitly to resume")
-
-
 async def _with_wall_time(work: Awaitable[Any], timeout_s: float | None) -> Any:
     """Run the workflow within the run's wall-time budget; a stalled tool cannot outlast it."""
     if timeout_s is None:
@@ -134,11 +112,45 @@ def _status_for(exc: BaseException) -> str:
 
 
 def _error_dict(exc: BaseException) -> dict[str, Any]:
+    """The error a run records and returns; URL credentials in it are masked (it is shown and stored)."""
+    from baton.masking import mask_in
+
     if isinstance(exc, BatonError):
-        return exc.to_dict()
+        return mask_in(exc.to_dict())  # type: ignore[return-value]
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
         return {"type": "Interrupted", "message": "the run was interrupted; resume it with baton resume"}
-    return {"type": type(exc).__name__, "message": str(exc)}
+    return {"type": type(exc).__name__, "message": str(mask_in(str(exc)))}
+
+
+async def _call_workflow(workflow: Workflow, ctx: Any, input: Any) -> Any:
+    """Call the workflow inside the run's task, so whatever the call raises settles the run."""
+    result = workflow(ctx, input)
+    if not inspect.isawaitable(result):
+        raise TypeError(f"the workflow returned {type(result).__name__}, not an awaitable: "
+                        f"declare it 'async def name(ctx, input)'")
+    return await result
+
+
+# Adapters the engine took from the provider cache, with the number of runs using each:
+# the last run to finish closes the adapter's HTTP session (the next run opens another).
+_provider_models: dict[int, list[Any]] = {}
+
+
+def _acquire_model(model: Any) -> None:
+    entry = _provider_models.setdefault(id(model), [model, 0])
+    entry[1] += 1
+
+
+async def _release_models(models: list[Any]) -> None:
+    for model in models:
+        entry = _provider_models.get(id(model))
+        if entry is None:
+            continue
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _provider_models[id(model)]
+            with contextlib.suppress(Exception):
+                await model.aclose()
 
 
 @dataclass
@@ -160,8 +172,11 @@ class Engine:
     durable: bool = True
     """False: keep no journal (benchmarks of the bare call path)."""
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    files: FileLoader | None = None
+    """Loads the workflow file a run names (with its recorded hash) when resume/replay get no workflow."""
 
-    def _binder(self) -> Callable[[str], ModelBinding]:
+    def _binder(self, opened: list[Any]) -> Callable[[str], ModelBinding]:
+        """Model ids -> bindings; adapters taken from the provider are listed in ``opened`` to be released."""
         bound: dict[str, ModelBinding] = {}
         provider = self.provider
 
@@ -177,7 +192,11 @@ class Engine:
 
                     nonlocal provider
                     provider = provider or resolve_provider(None)
-                    b = ModelBinding(get_model(provider, model_id), model_for_provider(provider, model_id), model_id)
+                    model = get_model(provider, model_id)
+                    if all(m is not model for m in opened):
+                        _acquire_model(model)
+                        opened.append(model)
+                    b = ModelBinding(model, model_for_provider(provider, model_id), model_id)
                 bound[model_id] = b
             return b
 
@@ -190,11 +209,17 @@ class Engine:
 
     async def run(self, workflow: Workflow, input: Any = None, *, run_id: str | None = None,
                   limits: Limits | None = None, metadata: dict[str, Any] | None = None) -> RunResult:
+        run_id = check_run_id(run_id, source="run_id") if run_id is not None else new_id(8)
+        ref = workflow_ref(workflow)
+        check_signature(workflow, ref)  # before the run is recorded: nothing left 'pending'
         store = await self._store()
         try:
             limits = limits or getattr(workflow, "limits", None) or Limits()
-            record = RunRecord(run_id=run_id or new_id(8), workflow=workflow_ref(workflow), input=input,
+            record = RunRecord(run_id=run_id, workflow=ref, input=input,
                                limits=limits.to_dict(), metadata=dict(metadata or {}))
+            sha = getattr(workflow, "sha256", None)
+            if isinstance(sha, str) and sha:
+                record.metadata[SHA_KEY] = sha  # resume reloads the file only while its content matches
             await store.create_run(record)  # durable before any work starts
             return await self._execute(store, record, workflow, limits, force=False)
         finally:
@@ -203,12 +228,13 @@ class Engine:
 
     async def resume(self, run_id: str, workflow: Workflow | None = None, *, force: bool = False,
                      **limit_overrides: Any) -> RunResult:
+        check_run_id(run_id)
         store = await self._store()
         try:
             record = await store.get_run(run_id)
             if record.status in ("succeeded", "cancelled"):
                 raise UsageError(f"run {run_id} is {record.status}; there is nothing to resume")
-            workflow = workflow or load_workflow(record.workflow)
+            workflow = self._workflow_for(record, workflow, "resume")
             limits = Limits.from_dict(record.limits).merged(**limit_overrides)
             record.limits = limits.to_dict()
             return await self._execute(store, record, workflow, limits, force=force)
@@ -216,9 +242,21 @@ class Engine:
             if not isinstance(self.store, Store):
                 await store.close()
 
+    def _workflow_for(self, record: RunRecord, workflow: Workflow | None, command: str) -> Workflow:
+        """The caller's workflow, else one registered with this process; never code a row names."""
+        if workflow is None:
+            found: Workflow = for_record(record.run_id, record.workflow, record.metadata, command, self.files)
+            return found
+        check_signature(workflow, workflow_ref(workflow))
+        sha = getattr(workflow, "sha256", None)
+        if command == "resume" and isinstance(sha, str) and sha:  # the file named now is the one to check next time
+            record.workflow, record.metadata[SHA_KEY] = workflow_ref(workflow), sha
+        return workflow
+
     async def cancel(self, run_id: str, *, force: bool = False, reason: str | None = None) -> RunRecord:
         """Mark a stopped run cancelled (terminal: it will not be resumed). A run a live
         process is executing is refused unless ``force``."""
+        check_run_id(run_id)
         store = await self._store()
         try:
             record = await store.get_run(run_id)
@@ -239,10 +277,11 @@ class Engine:
 
         Raises ``ReplayDivergence`` naming the first step where the code and the journal differ.
         """
+        check_run_id(run_id)
         store = await self._store()
         try:
             record = await store.get_run(run_id)
-            workflow = workflow or load_workflow(record.workflow)
+            workflow = self._workflow_for(record, workflow, "replay")
             journal = Journal(store, run_id)
             await journal.load()
 
@@ -255,7 +294,7 @@ class Engine:
             from baton.context import RunContext
 
             t0 = time.monotonic()
-            output = _json_output(await workflow(RunContext(runtime, input=record.input), record.input))
+            output = _json_output(await _call_workflow(workflow, RunContext(runtime, input=record.input), record.input))
             if record.status == "succeeded" and output != record.output:
                 raise ReplayDivergence(f"replay of run {run_id} produced a different output than the recorded one")
             return RunResult(run_id, "replayed", output, duration_s=time.monotonic() - t0)
@@ -292,6 +331,14 @@ class Engine:
 
     async def _execute(self, store: Store, record: RunRecord, workflow: Workflow, limits: Limits,
                        *, force: bool) -> RunResult:
+        opened: list[Any] = []  # provider adapters this run took: their sessions close when no run uses them
+        try:
+            return await self._execute_bound(store, record, workflow, limits, force=force, opened=opened)
+        finally:
+            await _release_models(opened)
+
+    async def _execute_bound(self, store: Store, record: RunRecord, workflow: Workflow, limits: Limits,
+                             *, force: bool, opened: list[Any]) -> RunResult:
         from baton.context import RunContext
 
         owner = await self._claim(store, record, force)
@@ -299,11 +346,7 @@ class Engine:
         spent, spent_usd, calls = Usage(), 0.0, 0
         if journal is not None:
             await journal.load()
-            for step in journal.steps.values():
-                if step.kind == "model" and step.status == "completed":
-                    spent.add(Usage.from_dict(step.usage))
-                    spent_usd += step.cost_usd
-                    calls += 1
+            spent, spent_usd, calls = _prior_spend(journal)
         events = EventStream(list(self.sinks))
         from baton.runtime.ratelimit import RateLimits
 
@@ -312,7 +355,7 @@ class Engine:
             governor.set_limits(key, value if isinstance(value, RateLimits) else RateLimits.from_dict(value))
         runtime = Runtime(
             record.run_id, journal, BudgetTracker(limits, spent=spent, spent_usd=spent_usd, model_calls=calls),
-            events, self._binder(), retry=self.retry or getattr(workflow, "retry", None) or RetryPolicy(),
+            events, self._binder(opened), retry=self.retry or getattr(workflow, "retry", None) or RetryPolicy(),
             breakers=self.breakers or BreakerRegistry(defaults=getattr(workflow, "breaker", None)), governor=governor, cache=self.cache,
             cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
@@ -326,7 +369,7 @@ class Engine:
         runtime.emit(ev.RUN_START, runtime.run_span, None, {"workflow": record.workflow, "run_id": record.run_id})
         t0 = time.monotonic()
         ctx = RunContext(runtime, input=record.input)
-        work = asyncio.ensure_future(runtime.scoped(_with_wall_time(workflow(ctx, record.input), limits.timeout_s)))
+        work = asyncio.ensure_future(runtime.scoped(_with_wall_time(_call_workflow(workflow, ctx, record.input), limits.timeout_s)))
         lost = False
 
         def on_lost() -> None:
@@ -386,6 +429,17 @@ class Engine:
                          duration, error)
 
 
+def _prior_spend(journal: Journal) -> tuple[Usage, float, int]:
+    """What the journal's completed model calls already spent (a resumed run's budget counts them)."""
+    spent, spent_usd, calls = Usage(), 0.0, 0
+    for step in journal.steps.values():
+        if step.kind == "model" and step.status == "completed":
+            spent.add(Usage.from_dict(step.usage))
+            spent_usd += step.cost_usd
+            calls += 1
+    return spent, spent_usd, calls
+
+
 class _ReadOnlyJournal(Journal):
     """A journal view for replay: reads the recorded steps, writes nothing."""
 
@@ -397,21 +451,41 @@ class _ReadOnlyJournal(Journal):
         return None
 
 
+def waiting_steps(steps: list[StepRecord]) -> dict[str, StepRecord | None]:
+    """The steps a human may decide now: approval steps still pending, and the ``KEY#decision``
+    for each non-idempotent tool that was in flight at a crash (its pending tool step)."""
+    by_key = {s.key: s for s in steps}
+    out: dict[str, StepRecord | None] = {}
+    for s in steps:
+        if s.kind == "approval" and s.status == "started":
+            out[s.key] = s
+        elif s.kind == "tool" and s.status == "started" and s.meta.get("idempotent") is False and s.attempts:
+            dkey = f"{s.key}#decision" if s.attempts == 1 else f"{s.key}#decision-{s.attempts}"
+            done = by_key.get(dkey)
+            if done is None or done.status != "completed":
+                out[dkey] = None
+    return out
+
+
 async def decide(run_id: str, step_key: str, *, approved: bool, edit: Any = None, by: str | None = None,
                  note: str | None = None, store: Store | str | None = None) -> None:
-    """Record a human decision for a step awaiting approval (the run continues on resume)."""
+    """Record a human decision for a step awaiting approval (the run continues on resume).
+
+    Only a run that is awaiting approval, and only one of its pending steps, may be
+    decided; anything else is a ``UsageError`` and nothing is written.
+    """
+    check_run_id(run_id)
     st = store if store is not None and not isinstance(store, str) else open_store(store)
     await st.open()
     try:
         record = await st.get_run(run_id)
-        steps = {s.key: s for s in await st.load_steps(run_id)}
-        pending = steps.get(step_key)
-        is_tool_decision = "#decision" in step_key
-        if not is_tool_decision and (pending is None or pending.kind != "approval"):
-            waiting = [k for k, s in steps.items() if s.kind == "approval" and s.status == "started"]
-            raise UsageError(f"run {run_id} has no approval step {step_key!r}; waiting: {waiting or 'none'}")
-        if pending is not None and pending.status == "completed":
-            raise UsageError(f"step {step_key!r} of run {run_id} was already decided")
+        waiting = waiting_steps(await st.load_steps(run_id))
+        if record.status != "awaiting_approval":
+            raise UsageError(f"run {run_id} is {record.status}, not awaiting approval: there is nothing to decide")
+        if step_key not in waiting:
+            raise UsageError(f"step {step_key!r} of run {run_id} is not awaiting a decision; waiting: "
+                             f"{', '.join(sorted(waiting)) or 'none'}")
+        pending = waiting[step_key]
         name = pending.name if pending is not None else step_key
         await st.put_steps([StepRecord(run_id, step_key, "approval", name, "completed",
                                        result={"approved": approved, "edit": edit, "by": by, "note": note},

@@ -7,7 +7,9 @@ that include each other, patterns that could not terminate.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +17,9 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from baton.agent import Agent
-from baton.errors import BatonError, WorkflowError
+from baton.errors import BatonError, UsageError, WorkflowError
 from baton.runtime.budget import Limits
-from baton.spec.loader import Located, Path, dotted, load_yaml
+from baton.spec.loader import MAX_FILE_BYTES, Located, Path, decode_text, dotted, load_yaml
 from baton.spec.schema import SCHEMA
 from baton.tools import DEFAULT_MAX_RESULT_CHARS, Tool, tool
 
@@ -39,6 +41,8 @@ class YamlWorkflow:
     """Default circuit-breaker settings of the run (the YAML ``breaker:`` mapping)."""
     spec: dict[str, Any] = field(default_factory=dict)
     nested: dict[str, YamlWorkflow] = field(default_factory=dict)
+    sha256: str = ""
+    """The file's content hash: a run records it, and resume refuses the file once it changed."""
 
     @property
     def baton_ref(self) -> str:
@@ -75,12 +79,26 @@ def _schema_problems(doc: Located) -> Problems:
     return problems
 
 
-def _import_callable(spec: str) -> Any:
+def import_callable(spec: str) -> Any:
+    """The object ``module:attr`` names. Any failure while importing the module (its own
+    exceptions, a syntax error, even ``sys.exit``) is reported as an ImportError."""
     module, _, attr = spec.partition(":")
-    obj: Any = importlib.import_module(module)
+    try:
+        obj: Any = importlib.import_module(module)
+    except (ImportError, ValueError):
+        raise
+    except (Exception, SystemExit) as exc:
+        raise ImportError(f"importing module {module!r} failed: {type(exc).__name__}: {exc}") from exc
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _allow_imports_from(folder: FsPath) -> None:
+    """Tools may live beside the workflow file; the folder goes last on ``sys.path`` so a file
+    there (json.py, os.py, ...) never shadows a standard or installed module."""
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
 
 
 class _Builder:
@@ -100,11 +118,10 @@ class _Builder:
     # --- tools and agents ---------------------------------------------------------
 
     def build_tools(self) -> None:
-        if str(self.base) not in sys.path:
-            sys.path.insert(0, str(self.base))  # tools may live beside the workflow file
+        _allow_imports_from(self.base)
         for name, cfg in (self.data.get("tools") or {}).items():
             try:
-                fn = _import_callable(cfg["python"])
+                fn = import_callable(cfg["python"])
             except (ImportError, AttributeError, ValueError) as exc:
                 self.problem(("tools", name, "python"), f"cannot import {cfg['python']!r}: {exc}")
                 continue
@@ -379,15 +396,60 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
                         rate_limits=rate_limits, retry=retry, breaker=breaker, spec=data, nested=b.nested)
 
 
-def _build_file(path: FsPath, stack: tuple[str, ...]) -> YamlWorkflow:
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_workflow_bytes(path: str | FsPath) -> bytes:
+    """The file's bytes, refusing (fast, before reading) a file over ``MAX_FILE_BYTES``."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise WorkflowError(f"cannot read workflow file: {exc.strerror}", file=str(path)) from exc
-    return _build_located(load_yaml(text, str(path)), stack)
+        raise WorkflowError(f"cannot read workflow file: {exc.strerror or exc}", file=str(path)) from exc
+    if max(size, len(data)) > MAX_FILE_BYTES:
+        raise WorkflowError(f"the file is larger than {MAX_FILE_BYTES // 1024} KiB, the limit for a workflow file",
+                            file=str(path))
+    return data
 
 
-def load_workflow_file(path: str | FsPath) -> YamlWorkflow:
-    """Load, validate and build a workflow file; ``WorkflowError`` lists every problem."""
+def _build_file(path: FsPath, stack: tuple[str, ...], expect_sha256: str | None = None) -> YamlWorkflow:
+    data = read_workflow_bytes(path)
+    digest = sha256_hex(data)
+    if expect_sha256 is not None and digest != expect_sha256:  # read once: what is checked is what is built
+        raise WorkflowError("the file changed while it was being loaded", file=str(path))
+    wf = _build_located(load_yaml(decode_text(data, str(path)), str(path)), stack)
+    wf.sha256 = digest
+    return wf
+
+
+def load_workflow_file(path: str | FsPath, *, expect_sha256: str | None = None) -> YamlWorkflow:
+    """Load, validate and build a workflow file; ``WorkflowError`` lists every problem.
+
+    ``expect_sha256``: refuse the file unless its content has this hash (resume of a run
+    that recorded it).
+    """
     resolved = FsPath(path).resolve()
-    return _build_file(resolved, (str(resolved),))
+    return _build_file(resolved, (str(resolved),), expect_sha256)
+
+
+def load_recorded_file(run_id: str, path: str, recorded: Any, command: str) -> YamlWorkflow:
+    """The workflow file a run names, only if its content is what the run started with.
+
+    A row is data, not an instruction: without a recorded hash, or with a file that has
+    changed since, the caller must name the workflow explicitly.
+    """
+    if not isinstance(recorded, str) or not recorded:
+        raise UsageError(f"run {run_id} names the workflow file {path} but recorded no content hash for it, so "
+                         f"baton will not load it on the run's word: pass it explicitly "
+                         f"(baton {command} {run_id} --workflow {path})")
+    if not path.endswith((".yaml", ".yml")):
+        raise UsageError(f"run {run_id} names {path!r} as its workflow file, which is not a .yaml/.yml file: "
+                         f"pass the workflow explicitly (baton {command} {run_id} --workflow FILE)")
+    current = sha256_hex(read_workflow_bytes(path))
+    if current != recorded:
+        raise UsageError(f"workflow file {path} has changed since run {run_id} started (sha256 {recorded[:12]}... "
+                         f"recorded, {current[:12]}... now); running other code could redo or skip steps. To use "
+                         f"the file as it is now, pass it explicitly: baton {command} {run_id} --workflow {path}")
+    return load_workflow_file(path, expect_sha256=recorded)

@@ -156,7 +156,10 @@ class PostgresStore:
         return parts.password or (in_query[0] if in_query else None)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
+        from baton.masking import mask_urls
+
+        text = text.replace(self._password, "***") if self._password else text
+        return mask_urls(text)  # a URL too malformed to parse still has its userinfo masked
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -173,6 +176,10 @@ class PostgresStore:
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
         pg = _import_psycopg()
         kwargs: dict[str, Any] = {"autocommit": True}
+        try:
+            pg.conninfo.conninfo_to_dict(self._dsn)
+        except pg.ProgrammingError as exc:  # unparseable: bad usage, not an unreachable server
+            raise UsageError(f"malformed PostgreSQL store URL {self.url}: {self._scrub(str(exc)).strip()}") from exc
         if "connect_timeout" not in self._dsn:
             kwargs["connect_timeout"] = max(1, int(self._connect_timeout))
         try:
