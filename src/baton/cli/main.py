@@ -127,6 +127,8 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
              f"cost ${result.cost_usd:.4f}")
         if result.error:
             _err(f"baton: {result.error.get('type')}: {result.error.get('message')}")
+        for warning in result.warnings:
+            _err(f"baton: warning: {warning.get('message')}")
         if result.status in ("budget_exceeded", "interrupted"):
             _err(f"baton: resume with: baton resume {result.run_id}"
                  + (" --budget-usd X" if result.status == "budget_exceeded" else ""))
@@ -265,7 +267,8 @@ async def _cmd_validate(args: argparse.Namespace) -> int:
     report = {"file": wf.file, "name": wf.name, "pattern": wf.spec["workflow"]["pattern"], "valid": True,
               "agents": sorted(wf.agents), "worst_case": {
                   "model_calls": round(bound.calls), "usd": round(bound.usd, 4), "per_input_item": bound.per_item,
-                  "unpriced_models": sorted(bound.unpriced), "assumed_input_tokens_per_call": args.assume_input_tokens}}
+                  "unpriced_models": sorted(bound.unpriced), "assumed_input_tokens_per_call": args.assume_input_tokens},
+              "max_model_calls": wf.limits.max_model_calls}
     if args.json:
         _print_json(report)
     else:
@@ -273,6 +276,7 @@ async def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"{args.workflow}: valid ({report['pattern']}, {len(wf.agents)} agents)")
         print(f"worst case: {round(bound.calls)} model calls, ${bound.usd:.4f}{per} "
               f"(assuming <= {args.assume_input_tokens} input tokens per call; capped by the file's limits)")
+        print(f"run ceiling: {wf.limits.max_model_calls} model calls (limits.max_model_calls)")
         if bound.unpriced:
             print(f"unpriced models (not in the price table): {', '.join(sorted(bound.unpriced))}")
     return 0

@@ -107,6 +107,8 @@ class Runtime:
     replay_only: bool = False
     """Replay mode: any step missing from the journal is a divergence; nothing is executed."""
     router: ModelRouter = field(default_factory=ModelRouter)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    """Outcomes that succeeded but deserve a reader's attention (``RunContext.warn``)."""
     _slots: asyncio.Semaphore | None = None
     _warm: dict[str, asyncio.Event] = field(default_factory=dict)
 
