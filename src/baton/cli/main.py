@@ -114,6 +114,8 @@ def _provider(args: argparse.Namespace) -> str:
 
 
 def _finish(result: Any, args: argparse.Namespace) -> int:
+    for warning in result.warnings:  # on stderr in both modes: --json keeps stdout one object
+        _err(f"baton: warning: {warning.get('message')}")
     if args.json:
         _print_json(result.to_json())
     else:
@@ -127,8 +129,6 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
              f"cost ${result.cost_usd:.4f}")
         if result.error:
             _err(f"baton: {result.error.get('type')}: {result.error.get('message')}")
-        for warning in result.warnings:
-            _err(f"baton: warning: {warning.get('message')}")
         if result.status in ("budget_exceeded", "interrupted"):
             _err(f"baton: resume with: baton resume {result.run_id}"
                  + (" --budget-usd X" if result.status == "budget_exceeded" else ""))
