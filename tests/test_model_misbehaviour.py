@@ -91,6 +91,27 @@ async def test_a_cut_off_text_answer_is_continued_into_the_full_answer(server: F
     assert result.model_calls == 3
 
 
+async def test_a_provider_without_prefill_is_asked_to_continue() -> None:
+    from baton.agent import CONTINUE_NOTE
+    from baton.models.openai_compat import OpenAICompatModel
+    from baton.testing.fake_openai import FakeOpenAIServer
+    from baton.testing.fake_openai import Rule as OpenAIRule
+
+    async with FakeOpenAIServer([OpenAIRule(match="Continue exactly where it stopped", text=" and the end."),
+                                 OpenAIRule(text="the beginning ", finish_reason="length")]) as srv:
+        chat = OpenAICompatModel(base_url=srv.url, api_key="k")
+        try:
+            result = await run(single(agent("writer")), "write", chat)  # type: ignore[arg-type]
+        finally:
+            await chat.aclose()
+    assert result.status == "succeeded", result.error
+    assert result.output == "the beginning and the end."
+    assert len(srv.requests) == 2
+    last = srv.requests[1].body["messages"][-2:]
+    assert [m["role"] for m in last] == ["assistant", "user"] and last[0]["content"] == "the beginning"
+    assert last[1]["content"] == CONTINUE_NOTE
+
+
 async def test_an_answer_still_cut_off_after_the_continuations_fails_naming_agent_and_max_tokens(
         server: FakeAnthropicServer, model: AnthropicModel) -> None:
     server.add_rule(r"^You are writer", reply=text(LONG * 4))

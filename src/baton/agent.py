@@ -7,8 +7,10 @@ it a journaled, budgeted, retried and observed step.
 
 Bad model output never passes as an answer. The loop reads ``stop_reason``: a text
 answer cut off at ``max_tokens`` is continued (at most ``max_continuations`` journaled
-calls), a cut-off tool call or structured answer is re-asked, and a refusal is tried
-on the fallback models before it fails as ``ModelRefused``. An empty answer, prose
+calls; the cut-off text goes back as the start of the reply where the provider
+continues it, else with a note asking to continue), a cut-off tool call or structured
+answer is re-asked, and a refusal is tried on the fallback models before it fails as
+``ModelRefused``. An empty answer, prose
 instead of ``final_answer`` and schema-invalid output are re-asked (``output_retries``).
 A tool called with the same input ``max_repeats`` times in a row is not run again: the
 model is told once, and the next repeat stops the agent with ``ToolLoopDetected``.
@@ -198,6 +200,11 @@ TRUNCATED = ("max_tokens", "model_context_window_exceeded")
 
 ContentList = list[TextBlock | ToolUseBlock | ToolResultBlock]
 
+PREFILL_PROVIDERS = frozenset({"anthropic", "scripted"})
+"""Providers whose models continue a trailing assistant message (chat-template models start a new turn)."""
+CONTINUE_NOTE = ("Your answer was cut off at the output limit. Continue exactly where it stopped: do not repeat "
+                 "anything, do not add a preamble.")
+
 
 class _Reask(Exception):
     """Internal: the turn's output was bad; ``kind`` and ``detail`` say how."""
@@ -320,8 +327,9 @@ class _Loop:
             if not prefix:
                 break
             done = n
-            more = await self.ask(f"{self.key}/m{turn}c{n}",
-                                  self.request([*self.messages, Message.assistant(prefix)]))
+            tail = [Message.assistant(prefix)] if self._prefills() else [Message.assistant(prefix),
+                                                                         Message.user(CONTINUE_NOTE)]
+            more = await self.ask(f"{self.key}/m{turn}c{n}", self.request([*self.messages, *tail]))
             text_out = prefix + more.text
             if more.stop_reason not in TRUNCATED:
                 return text_out
@@ -330,6 +338,15 @@ class _Loop:
             f"agent {a.name!r} stopped at its max_tokens ({a.max_tokens}) and was still cut off after "
             f"{done} continuation(s); raise max_tokens for this agent",
             agent=a.name, max_tokens=a.max_tokens, raw_output=text_out)
+
+    def _prefills(self) -> bool:
+        """Whether the agent's model continues a cut-off answer sent back as a trailing assistant message."""
+        try:
+            model = self.ctx._runtime.bind_model(self.agent.model).model
+        except Exception:  # e.g. model "auto" or a replay: the journaled continuation is used either way
+            return False
+        flag = getattr(model, "supports_prefill", None)
+        return bool(flag) if flag is not None else model.provider in PREFILL_PROVIDERS
 
     async def _tools(self, response: ModelResponse, turn: int) -> AgentResult | None:
         uses = response.tool_uses
