@@ -399,6 +399,11 @@ async def test_the_budget_message_says_what_was_spent_and_what_the_next_call_nee
         "output_tokens budget exceeded: 60 spent by 1 finished call; the next call could take up to 100 more "
         "(estimated input plus max_tokens), over the limit of 150; it was not sent")
     assert served(server) == ["a"]
+    calls = await run(flow, "x", model, limits=baton.Limits(max_model_calls=1))
+    assert calls.status == "budget_exceeded" and calls.error is not None
+    assert calls.error["message"] == ("model_calls limit reached: 1 finished call and 0 in flight of 1 allowed; "
+                                      "the next call was not sent")
+    assert served(server) == ["a", "a"]
 
 
 # --- the fake API behaves like the real one ----------------------------------------------------------
@@ -514,6 +519,13 @@ def test_cli_shows_the_stop_reason_in_progress_and_show(threaded: FakeAnthropicS
     assert len(threaded.requests) == 3
     code, shown, _ = cli(monkeypatch, capsys, threaded, tmp_path, "show", json.loads(out)["run_id"])
     assert shown.count("stop=max_tokens") == 2 and shown.count("stop=end_turn") == 1
+
+    wf.write_text(WORKFLOW.format(name="one", max_tokens=5, workflow="{pattern: agent, agent: writer}"))
+    code, out, err = cli(monkeypatch, capsys, threaded, tmp_path, "run", str(wf), "--input", "x")
+    assert code == 1 and out == ""
+    assert ("baton: OutputTruncated: agent 'writer' stopped at its max_tokens (5) and was still cut off after 2 "
+            "continuation(s); raise max_tokens for this agent") in err
+    assert len(threaded.requests) == 6
 
 
 def test_validate_prints_the_run_ceiling_and_bounds_a_fan_out_by_max_items(
