@@ -157,6 +157,14 @@ async def test_a_fan_out_never_splits_a_cut_off_list(server: FakeAnthropicServer
     assert served(server) == ["splitter"] * 3  # no item of the partial list was called
 
 
+async def test_a_full_context_window_fails_at_once(server: FakeAnthropicServer, model: AnthropicModel) -> None:
+    server.add_rule(r"^You are reader", reply=text("partial", stop_reason="model_context_window_exceeded"))
+    result = await run(single(agent("reader")), "a long document", model)
+    assert result.status == "failed" and result.error is not None and result.error["type"] == "OutputTruncated"
+    assert "agent 'reader': the conversation filled the model's context window" in result.error["message"]
+    assert served(server) == ["reader"]
+
+
 # --- stop_reason: refusal ------------------------------------------------------------------------
 
 

@@ -296,6 +296,10 @@ class _Loop:
 
     async def _judge(self, response: ModelResponse, turn: int) -> AgentResult | None:
         agent, uses = self.agent, response.tool_uses
+        if response.stop_reason == "model_context_window_exceeded":  # neither continuing nor re-asking fits
+            raise OutputTruncated(f"agent {agent.name!r}: the conversation filled the model's context window and "
+                                  "the answer was cut off; shorten the input or the agent's tool results",
+                                  agent=agent.name, max_tokens=agent.max_tokens, raw_output=response.text)
         cut = response.stop_reason in TRUNCATED
         if cut and (uses or self.structured):
             raise _Reask("truncated", f"the answer was cut off at max_tokens ({agent.max_tokens})",
