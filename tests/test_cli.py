@@ -83,7 +83,8 @@ def test_run_single_agent_with_tool_json_contract(server: FakeAnthropicServer, t
               env_extra=api_env(server, tmp_path))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert set(out) == {"run_id", "status", "output", "usage", "cost_usd", "model_calls", "duration_s", "error"}
+    assert set(out) == {"run_id", "status", "output", "usage", "cost_usd", "model_calls", "duration_s", "error",
+                        "warnings"}
     assert out["status"] == "succeeded" and out["output"] == "The answer is 42." and out["model_calls"] == 2
     assert set(out["usage"]) >= {"input_tokens", "output_tokens", "cache_read_input_tokens",
                                  "cache_creation_input_tokens"}

@@ -4,20 +4,38 @@ The loop is plain: ask the model; if it asked for tools, run them all concurrent
 and send every result back in one user message; repeat until it answers or runs out
 of turns. Every model turn and tool call goes through the run context, which makes
 it a journaled, budgeted, retried and observed step.
+
+Bad model output never passes as an answer. The loop reads ``stop_reason``: a text
+answer cut off at ``max_tokens`` is continued (at most ``max_continuations`` journaled
+calls; the cut-off text goes back as the start of the reply where the provider
+continues it, else with a note asking to continue), a cut-off tool call or structured
+answer is re-asked, and a refusal is tried on the fallback models before it fails as
+``ModelRefused``. An empty answer, prose
+instead of ``final_answer`` and schema-invalid output are re-asked (``output_retries``).
+A tool called with the same input ``max_repeats`` times in a row is not run again: the
+model is told once, and the next repeat stops the agent with ``ToolLoopDetected``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from baton.errors import MaxTurnsExceeded, ModelBehaviorError, UsageError
+from baton.errors import (
+    MaxTurnsExceeded,
+    ModelBehaviorError,
+    ModelRefused,
+    OutputTruncated,
+    ToolLoopDetected,
+    UsageError,
+)
 from baton.messages import (
     Message,
     ModelRequest,
+    ModelResponse,
     TextBlock,
     ToolChoice,
     ToolResultBlock,
@@ -49,7 +67,11 @@ class Agent:
     max_tokens: int = 1024
     max_turns: int = 10
     output_retries: int = 2
-    """How often invalid structured output is re-asked with the validation errors."""
+    """How often bad output is re-asked: schema-invalid, empty, prose instead of final_answer, cut off."""
+    max_continuations: int = 2
+    """How often a text answer cut off at ``max_tokens`` is continued before ``OutputTruncated``."""
+    max_repeats: int = 3
+    """A tool call repeated this many times in a row with identical input is not run (0: no check)."""
     timeout_s: float | None = None
     """Timeout of one model call (the run's retry policy decides what happens next)."""
     agent_timeout_s: float | None = None
@@ -173,62 +195,252 @@ def output_from_json(agent: Agent, value: Any) -> Any:
     return value
 
 
+TRUNCATED = ("max_tokens", "model_context_window_exceeded")
+"""Stop reasons that mean the answer was cut off."""
+
+ContentList = list[TextBlock | ToolUseBlock | ToolResultBlock]
+
+PREFILL_PROVIDERS = frozenset({"anthropic", "scripted"})
+"""Providers whose models continue a trailing assistant message (chat-template models start a new turn)."""
+CONTINUE_NOTE = ("Your answer was cut off at the output limit. Continue exactly where it stopped: do not repeat "
+                 "anything, do not add a preamble.")
+
+
+class _Reask(Exception):
+    """Internal: the turn's output was bad; ``kind`` and ``detail`` say how."""
+
+    def __init__(self, kind: str, detail: str, errors: list[str] | None = None, raw: Any = None) -> None:
+        super().__init__(detail)
+        self.kind, self.detail, self.errors, self.raw = kind, detail, errors or [], raw
+
+
+def _sanitized(content: list[Any]) -> ContentList:
+    """The assistant turn as it can be sent back: no empty text, tool inputs always objects."""
+    out: ContentList = []
+    for b in content:
+        if isinstance(b, TextBlock) and not b.text.strip():
+            continue
+        if isinstance(b, ToolUseBlock) and not isinstance(b.input, dict):
+            b = ToolUseBlock(b.id, b.name, {})
+        out.append(b)
+    return out
+
+
+def _signature(uses: list[ToolUseBlock]) -> bytes:
+    return orjson.dumps([(u.name, u.input) for u in uses], option=orjson.OPT_SORT_KEYS)
+
+
+class _Loop:
+    """The state of one agent call's tool-use loop."""
+
+    def __init__(self, ctx: RunContext, key: str, agent: Agent, input: Any, extra_tools: list[Tool] | None) -> None:
+        self.ctx, self.key, self.agent = ctx, key, agent
+        self.tools = {t.name: t for t in [*agent.tools, *(extra_tools or [])]}
+        self.specs = agent.tool_specs() + [t.spec() for t in (extra_tools or [])]
+        self.structured = agent.output is not None
+        self.choice: ToolChoice | None
+        if self.structured:
+            # Force a tool call every turn: a real tool, or final_answer when done.
+            self.choice = ToolChoice("any") if self.tools else ToolChoice("tool", FINAL_TOOL)
+        else:
+            self.choice = ToolChoice("auto") if self.specs else None
+        self.messages: list[Message] = [Message.user(render_input(input))]
+        self.usage = Usage()
+        self.cost = 0.0
+        self.reasks = 0
+        self.last_bad: _Reask | None = None
+        self.repeat_sig = b""
+        self.repeats = 0
+        self.warned = False
+
+    def request(self, messages: list[Message]) -> ModelRequest:
+        a = self.agent
+        return ModelRequest(model=a.model, messages=messages, system=_system(a), tools=self.specs,
+                            tool_choice=self.choice, max_tokens=a.max_tokens, temperature=a.temperature,
+                            output_schema=a.output_schema, timeout_s=a.timeout_s)
+
+    async def ask(self, key: str, request: ModelRequest) -> ModelResponse:
+        """One model turn; a refusal is tried again on each fallback model before it fails."""
+        rt = self.ctx._runtime
+        response, cost = await rt.model_call(self.ctx, self.agent, key, request)
+        self.usage.add(response.usage)
+        self.cost += cost or 0.0
+        tried = [request.model]
+        for n, fallback in enumerate(self.agent.fallback_models, 1):
+            if response.stop_reason != "refusal":
+                break
+            if fallback in tried:
+                continue
+            tried.append(fallback)
+            response, cost = await rt.model_call(self.ctx, self.agent, f"{key}r{n}", replace(request, model=fallback))
+            self.usage.add(response.usage)
+            self.cost += cost or 0.0
+        if response.stop_reason == "refusal":
+            said = " ".join(response.text.split())[:200]
+            raise ModelRefused(f"agent {self.agent.name!r} was refused by the model (stop_reason refusal) on "
+                               f"{', '.join(tried)}" + (f": {said}" if said else ""),
+                               agent=self.agent.name, models=tried, raw_output=response.text)
+        return response
+
+    def result(self, output: Any, turn: int) -> AgentResult:
+        return AgentResult(self.agent.name, output, self.usage, self.cost, turn + 1, self.messages)
+
+    async def turn(self, turn: int) -> AgentResult | None:
+        """One turn: the final result, or None to go on."""
+        response = await self.ask(f"{self.key}/m{turn}", self.request(list(self.messages)))
+        try:
+            return await self._judge(response, turn)
+        except _Reask as bad:
+            self._reask(response, bad)
+            return None
+
+    async def _judge(self, response: ModelResponse, turn: int) -> AgentResult | None:
+        agent, uses = self.agent, response.tool_uses
+        if response.stop_reason == "model_context_window_exceeded":  # neither continuing nor re-asking fits
+            raise OutputTruncated(f"agent {agent.name!r}: the conversation filled the model's context window and "
+                                  "the answer was cut off; shorten the input or the agent's tool results",
+                                  agent=agent.name, max_tokens=agent.max_tokens, raw_output=response.text)
+        cut = response.stop_reason in TRUNCATED
+        if cut and (uses or self.structured):
+            raise _Reask("truncated", f"the answer was cut off at max_tokens ({agent.max_tokens})",
+                         raw=response.text or None)
+        final = next((u for u in uses if u.name == FINAL_TOOL), None) if self.structured else None
+        if final is not None:
+            value, errors = _parse_output(agent, final.input) if isinstance(final.input, dict) else (
+                None, [f"(root): the answer must be a JSON object, not {type(final.input).__name__}"])
+            if errors:
+                raise _Reask("schema", "; ".join(errors), errors, final.input)
+            self.messages.append(Message("assistant", _sanitized(response.content)))
+            return self.result(value, turn)
+        if not uses:
+            if self.structured:
+                raise _Reask("prose", f"it answered in prose instead of calling {FINAL_TOOL}", raw=response.text)
+            text_out = await self._continue(response, turn) if cut else response.text
+            if not text_out.strip():
+                raise _Reask("empty", "the answer was empty", raw=text_out)
+            self.messages.append(Message.assistant(text_out))
+            return self.result(text_out, turn)
+        return await self._tools(response, turn)
+
+    async def _continue(self, response: ModelResponse, turn: int) -> str:
+        """Continue a text answer cut off at max_tokens (the cut-off text is sent back as a prefill)."""
+        text_out = response.text
+        done = 0
+        for n in range(1, self.agent.max_continuations + 1):
+            prefix = text_out.rstrip()  # the API refuses a prefill that ends in whitespace
+            if not prefix:
+                break
+            done = n
+            tail = [Message.assistant(prefix)] if self._prefills() else [Message.assistant(prefix),
+                                                                         Message.user(CONTINUE_NOTE)]
+            more = await self.ask(f"{self.key}/m{turn}c{n}", self.request([*self.messages, *tail]))
+            text_out = prefix + more.text
+            if more.stop_reason not in TRUNCATED:
+                return text_out
+        a = self.agent
+        raise OutputTruncated(
+            f"agent {a.name!r} stopped at its max_tokens ({a.max_tokens}) and was still cut off after "
+            f"{done} continuation(s); raise max_tokens for this agent",
+            agent=a.name, max_tokens=a.max_tokens, raw_output=text_out)
+
+    def _prefills(self) -> bool:
+        """Whether the agent's model continues a cut-off answer sent back as a trailing assistant message."""
+        try:
+            model = self.ctx._runtime.bind_model(self.agent.model).model
+        except Exception:  # e.g. model "auto" or a replay: the journaled continuation is used either way
+            return False
+        flag = getattr(model, "supports_prefill", None)
+        return bool(flag) if flag is not None else model.provider in PREFILL_PROVIDERS
+
+    async def _tools(self, response: ModelResponse, turn: int) -> AgentResult | None:
+        uses = response.tool_uses
+        self.messages.append(Message("assistant", _sanitized(response.content)))
+        self.last_bad = None
+        repeated = self._repeated(uses)
+        if repeated is not None:
+            self.messages.append(Message("user", [ToolResultBlock(u.id, repeated, is_error=True) for u in uses]))
+            return None
+        results = await self.ctx._runtime.run_tools(self.ctx, self.agent, f"{self.key}/t{turn}", uses, self.tools)
+        self.messages.append(Message("user", list(results)))
+        ended = any(getattr(self.tools.get(u.name), "ends_turn", False) and not r.is_error
+                    for u, r in zip(uses, results, strict=True))
+        if ended:  # e.g. a handoff: the agent's turn is over, no further model call
+            return self.result(None if self.structured else response.text, turn)
+        return None
+
+    def _repeated(self, uses: list[ToolUseBlock]) -> str | None:
+        """The note for a repeated identical call (not run), or None; raises once the model was told."""
+        limit = self.agent.max_repeats
+        sig = _signature(uses)
+        self.repeats = self.repeats + 1 if sig == self.repeat_sig else 1
+        self.repeat_sig = sig
+        if not limit or self.repeats < limit:
+            return None
+        name = uses[0].name
+        if self.warned:
+            raise ToolLoopDetected(
+                f"agent {self.agent.name!r} is looping: it called tool {name!r} with the same input "
+                f"{self.repeats} times in a row, and again after being told (max_repeats {limit})",
+                agent=self.agent.name, tool=name)
+        self.warned = True
+        return (f"Not run: you called {name} with exactly the same input {self.repeats} times in a row; the "
+                "result will not change. Use the results you already have, try something different, or give "
+                "your final answer. Repeating this call again stops you.")
+
+    def _reask(self, response: ModelResponse, bad: _Reask) -> None:
+        """Send the bad turn back with what was wrong, or give up after ``output_retries`` re-asks."""
+        self.reasks += 1
+        self.last_bad = bad
+        if self.reasks > self.agent.output_retries:
+            raise self.give_up(f"after {self.reasks} attempts")
+        content = _sanitized(response.content)
+        uses = [b for b in content if isinstance(b, ToolUseBlock)]
+        note = self._feedback(bad)
+        if content:
+            self.messages.append(Message("assistant", content))
+            blocks: ContentList = [ToolResultBlock(u.id, note if u.name == FINAL_TOOL or bad.kind == "truncated"
+                                                   else "Not run: fix the final answer first.", is_error=True)
+                                   for u in uses]
+            if not any(u.name == FINAL_TOOL for u in uses):
+                blocks.append(TextBlock(note))
+            self.messages.append(Message("user", blocks))
+        else:  # nothing to send back (an empty answer): add the note to the last user turn
+            last = self.messages[-1]
+            self.messages[-1] = Message("user", [*last.content, TextBlock(note)])
+
+    def _feedback(self, bad: _Reask) -> str:
+        if bad.kind == "schema":
+            return ("Your answer does not match the required schema:\n- " + "\n- ".join(bad.errors)
+                    + f"\nCall {FINAL_TOOL} again with a corrected answer.")
+        if bad.kind == "truncated":
+            return (f"Your answer was cut off at the output limit ({self.agent.max_tokens} tokens), so it was not "
+                    "used. Give a shorter, complete answer.")
+        if bad.kind == "prose":
+            return f"Call the {FINAL_TOOL} tool with your answer."
+        return "Your answer was empty. Reply with your complete answer."
+
+    def give_up(self, when: str) -> ModelBehaviorError:
+        bad, a = self.last_bad, self.agent
+        assert bad is not None
+        if bad.kind == "truncated":
+            return OutputTruncated(f"agent {a.name!r}: the answer was cut off at its max_tokens ({a.max_tokens}) "
+                                   f"{when}; raise max_tokens for this agent", agent=a.name,
+                                   max_tokens=a.max_tokens, raw_output=bad.raw)
+        what = {"schema": "returned output that does not match its schema",
+                "prose": f"never called {FINAL_TOOL}", "empty": "gave an empty answer"}[bad.kind]
+        tail = f": {bad.detail}" if bad.kind == "schema" else ""
+        return ModelBehaviorError(f"agent {a.name!r} {what} {when}{tail}", raw_output=bad.raw, errors=bad.errors)
+
+
 async def run_agent_loop(ctx: RunContext, key: str, agent: Agent, input: Any,
                          extra_tools: list[Tool] | None = None) -> AgentResult:
     """The tool-use loop of one agent call. ``key`` is the call's journal key."""
-    tools = {t.name: t for t in [*agent.tools, *(extra_tools or [])]}
-    specs = agent.tool_specs() + [t.spec() for t in (extra_tools or [])]
-    structured = agent.output is not None
-    choice: ToolChoice | None
-    if structured:
-        # Force a tool call every turn: a real tool, or final_answer when done.
-        choice = ToolChoice("any") if tools else ToolChoice("tool", FINAL_TOOL)
-    else:
-        choice = ToolChoice("auto") if specs else None
-    messages: list[Message] = [Message.user(render_input(input))]
-    usage = Usage()
-    cost = 0.0
-    output_errors = 0
+    loop = _Loop(ctx, key, agent, input, extra_tools)
     for turn in range(agent.max_turns):
-        request = ModelRequest(
-            model=agent.model, messages=list(messages), system=_system(agent), tools=specs,
-            tool_choice=choice, max_tokens=agent.max_tokens, temperature=agent.temperature,
-            output_schema=agent.output_schema, timeout_s=agent.timeout_s,
-        )
-        response, call_cost = await ctx._runtime.model_call(ctx, agent, f"{key}/m{turn}", request)
-        usage.add(response.usage)
-        cost += call_cost or 0.0
-        messages.append(Message("assistant", list(response.content)))
-        uses = response.tool_uses
-        final = next((u for u in uses if u.name == FINAL_TOOL), None) if structured else None
-        if final is not None:
-            value, errors = _parse_output(agent, final.input)
-            if not errors:
-                return AgentResult(agent.name, value, usage, cost, turn + 1, messages)
-            output_errors += 1
-            if output_errors > agent.output_retries:
-                raise ModelBehaviorError(
-                    f"agent {agent.name!r} returned output that does not match its schema after "
-                    f"{output_errors} attempts: " + "; ".join(errors), raw_output=final.input, errors=errors)
-            feedback: list[TextBlock | ToolUseBlock | ToolResultBlock] = [
-                ToolResultBlock(u.id, "Not run: fix the final answer first." if u is not final else
-                                "Your answer does not match the required schema:\n- " + "\n- ".join(errors)
-                                + "\nCall final_answer again with a corrected answer.", is_error=True)
-                for u in uses
-            ]
-            messages.append(Message("user", list(feedback)))
-            continue
-        if not uses:
-            if structured:
-                # The model answered in prose; ask for the structured form.
-                output_errors += 1
-                if output_errors > agent.output_retries:
-                    raise ModelBehaviorError(f"agent {agent.name!r} never called {FINAL_TOOL}",
-                                             raw_output=response.text)
-                messages.append(Message.user(f"Call the {FINAL_TOOL} tool with your answer."))
-                continue
-            return AgentResult(agent.name, response.text, usage, cost, turn + 1, messages)
-        results = await ctx._runtime.run_tools(ctx, agent, f"{key}/t{turn}", uses, tools)
-        messages.append(Message("user", list(results)))
+        result = await loop.turn(turn)
+        if result is not None:
+            return result
+    if loop.last_bad is not None:  # the last turns were re-asks: say what was wrong with them
+        raise loop.give_up(f"in all {agent.max_turns} turns (max_turns)")
     raise MaxTurnsExceeded(f"agent {agent.name!r} used all {agent.max_turns} turns without a final answer "
                            f"(chain: {' > '.join(ctx.chain) or agent.name})")

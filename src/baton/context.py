@@ -131,6 +131,17 @@ class RunContext:
         """Put a pattern-level event (plan.invalid, bus.message...) on the run's event stream."""
         self._runtime.emit(kind, new_id(), self.span_id, data)
 
+    def warn(self, source: str, code: str, message: str) -> None:
+        """Record that the run may succeed but not as asked (e.g. a draft the critics never approved).
+
+        The warning goes into the run's result (``warnings``), its stored record and the
+        event stream (``run.warning``). Patterns warn from journaled outcomes, so a resumed
+        run reports the same warnings again.
+        """
+        warning = {"source": source, "code": code, "message": message}
+        self._runtime.warnings.append(warning)
+        self.emit(ev.RUN_WARNING, warning)
+
     def next_key(self, label: str = "") -> str:
         """Take the next position key in this scope (deterministic, by call order)."""
         n = self._counter

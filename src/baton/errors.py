@@ -4,7 +4,10 @@
     ├── UsageError                 bad arguments, unknown run id, bad store URL (exit 2)
     │   └── WorkflowError          invalid workflow file or input: names file, line, field (exit 2)
     ├── ModelBehaviorError         a model's output stayed invalid after re-asks (carries raw output)
-    │   └── PlanError              an LLM plan stayed invalid after re-plans (carries the errors)
+    │   ├── PlanError              an LLM plan stayed invalid after re-plans (carries the errors)
+    │   ├── ModelRefused           the model refused (stop_reason refusal) on every model it was given
+    │   ├── OutputTruncated        the answer stayed cut off at max_tokens after continuations/re-asks
+    │   └── ToolLoopDetected       the model kept calling one tool with the same input after a warning
     ├── ProviderError              a model provider's API failed (status, type, request id, retry-after)
     │   ├── ProviderConnectionError   no response: connection refused/reset, DNS
     │   └── ProviderTimeout           no response within the call's timeout
@@ -75,6 +78,30 @@ class ModelBehaviorError(BatonError):
 
 class PlanError(ModelBehaviorError):
     pass
+
+
+class ModelRefused(ModelBehaviorError):
+    """The model answered with ``stop_reason: refusal``. Fallback models and chains apply to it."""
+
+    def __init__(self, message: str, *, agent: str, models: list[str], raw_output: Any = None) -> None:
+        super().__init__(message, raw_output=raw_output)
+        self.agent, self.models = agent, models
+
+
+class OutputTruncated(ModelBehaviorError):
+    """The answer was cut off at the agent's ``max_tokens`` and continuing or re-asking did not finish it."""
+
+    def __init__(self, message: str, *, agent: str, max_tokens: int, raw_output: Any = None) -> None:
+        super().__init__(message, raw_output=raw_output)
+        self.agent, self.max_tokens = agent, max_tokens
+
+
+class ToolLoopDetected(ModelBehaviorError):
+    """The model repeated one tool call with identical input, kept on after being told."""
+
+    def __init__(self, message: str, *, agent: str, tool: str) -> None:
+        super().__init__(message)
+        self.agent, self.tool = agent, tool
 
 
 class ProviderError(BatonError):

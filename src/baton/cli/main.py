@@ -159,6 +159,8 @@ def _provider(args: argparse.Namespace) -> str:
 
 
 def _finish(result: Any, args: argparse.Namespace) -> int:
+    for warning in result.warnings:  # on stderr in both modes: --json keeps stdout one object
+        _err(f"baton: warning: {warning.get('message')}")
     if args.json:
         _print_json(result.to_json())
     else:
@@ -346,7 +348,8 @@ async def _cmd_validate(args: argparse.Namespace) -> int:
     report = {"file": wf.file, "name": wf.name, "pattern": wf.spec["workflow"]["pattern"], "valid": True,
               "agents": sorted(wf.agents), "worst_case": {
                   "model_calls": round(bound.calls), "usd": round(bound.usd, 4), "per_input_item": bound.per_item,
-                  "unpriced_models": sorted(bound.unpriced), "assumed_input_tokens_per_call": args.assume_input_tokens}}
+                  "unpriced_models": sorted(bound.unpriced), "assumed_input_tokens_per_call": args.assume_input_tokens},
+              "max_model_calls": wf.limits.max_model_calls}
     if args.json:
         _print_json(report)
     else:
@@ -354,6 +357,7 @@ async def _cmd_validate(args: argparse.Namespace) -> int:
         _out(f"{args.workflow}: valid ({report['pattern']}, {len(wf.agents)} agents)\n"
              f"worst case: {round(bound.calls)} model calls, ${bound.usd:.4f}{per} "
              f"(assuming <= {args.assume_input_tokens} input tokens per call; capped by the file's limits)\n")
+        _out(f"run ceiling: {wf.limits.max_model_calls} model calls (limits.max_model_calls)\n")
         if bound.unpriced:
             _out(f"unpriced models (not in the price table): {', '.join(sorted(bound.unpriced))}\n")
     return 0

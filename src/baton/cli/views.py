@@ -53,6 +53,7 @@ def _step_json(s: StepRecord) -> dict[str, Any]:
 def show_json(run: RunRecord, steps: list[StepRecord], transitions: list[Transition]) -> dict[str, Any]:
     d = run.to_dict()
     d.pop("owner", None)
+    d["warnings"] = list(run.metadata.get("warnings") or [])
     d["steps"] = step_tree(steps)
     d["transitions"] = [{"status": t.status, "at": t.at, "detail": t.detail} for t in transitions]
     d["prompt_versions"] = sorted({s.meta["prompt_version"] for s in steps if "prompt_version" in s.meta})
@@ -81,6 +82,8 @@ def show_text(run: RunRecord, steps: list[StepRecord], transitions: list[Transit
     ]
     if run.error:
         lines.append(f"  error: {run.error.get('type')}: {run.error.get('message')}")
+    for warning in run.metadata.get("warnings") or []:
+        lines.append(f"  warning: {warning.get('message')}")
 
     def walk(nodes: list[dict[str, Any]], depth: int) -> None:
         for n in nodes:
@@ -95,6 +98,8 @@ def show_text(run: RunRecord, steps: list[StepRecord], transitions: list[Transit
                 bits.append(f"retries={n['retries']}")
             if n.get("prompt_version"):
                 bits.append(f"v={n['prompt_version']}")
+            if n.get("stop_reason"):
+                bits.append(f"stop={n['stop_reason']}")
             if n.get("cache_hit"):
                 bits.append("cache-hit")
             lines.append("  " + "  ".join(bits))

@@ -50,6 +50,7 @@ ROUTER_DECISION = "router.decision"
 FAN_OUT_DONE = "fan_out.done"
 CONSENSUS_RESULT = "consensus.result"
 REFINE_ROUND = "refine.round"
+RUN_WARNING = "run.warning"
 
 
 def new_id(nbytes: int = 8) -> str:

@@ -33,6 +33,20 @@ def _fmt_tokens(n: int) -> str:
     return str(n)
 
 
+_NOTABLE_STOPS = frozenset({"max_tokens", "refusal", "model_context_window_exceeded", "pause_turn"})
+
+
+def _plan_line(d: dict[str, Any]) -> str:
+    """What a ``plan.invalid`` event means for the run: another attempt, a repair, or the end."""
+    if "repaired" in d:
+        return f"plan repaired ({len(d['repaired'] or [])} changes)"
+    where = f" (attempt {d.get('attempt')} of {d.get('attempts')})" if d.get("attempts") else ""
+    after = {"replan": "; re-planning", "repair": "; repairing it"}.get(str(d.get("next")), "")
+    if d.get("next") == "fail":
+        after = "; giving up"
+    return f"plan invalid{where}{after}"
+
+
 def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
@@ -130,6 +144,8 @@ class ProgressSink:
                 self.tokens["cache_read"] += int(_num(usage.get("cache_read_input_tokens")))
                 self.tokens["cache_write"] += int(_num(usage.get("cache_creation_input_tokens")))
             self.cost_usd += _num(d.get("cost_usd"))
+            if d.get("stop_reason") in _NOTABLE_STOPS:
+                line = f"agent {d.get('agent')}: model {d.get('model')} stopped: {d.get('stop_reason')}"
         elif kind == ev.MODEL_ERROR:
             status = f" {d['status']}" if d.get("status") is not None else ""
             line = f"model {d.get('model')} error{status}: {d.get('error_type')}"
@@ -154,7 +170,9 @@ class ProgressSink:
         elif kind == ev.BUDGET_CHECK and d.get("ok") is False:
             line = f"budget: {d.get('limit')} limit reached ({d.get('spent')} of {d.get('allowed')})"
         elif kind == ev.PLAN_INVALID:
-            line = "plan invalid; re-planning"
+            line = _plan_line(d)
+        elif kind == ev.RUN_WARNING:
+            line = f"warning from {d.get('source')}: {d.get('code')}"
         self._dirty = True
         if line is not None:
             self._print_line(f"[{self._elapsed(event.ts):7.2f}s] {line}")

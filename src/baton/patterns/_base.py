@@ -7,16 +7,23 @@ pattern object: that is how a worker becomes a sub-orchestrator (hierarchical).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from baton.agent import Agent
 from baton.context import RunContext
-from baton.errors import BudgetExceeded, DepthExceeded, RunOwnedElsewhere, RunSuspended, StoreError
+from baton.errors import (
+    BudgetExceeded,
+    DepthExceeded,
+    RunOwnedElsewhere,
+    RunSuspended,
+    StoreError,
+    UsageError,
+)
 from baton.schema import jsonable
 
-__all__ = ["CallFailed", "Target", "as_text", "describe", "invoke", "is_fatal", "jsonable", "labelled",
-           "output_of", "own_scope", "safe_label", "target_name"]
+__all__ = ["CallFailed", "Target", "as_text", "check_distinct_names", "describe", "invoke", "is_fatal", "jsonable",
+           "labelled", "name_key", "output_of", "own_scope", "resolve_name", "safe_label", "target_name"]
 
 Target = Agent | Callable[[RunContext, Any], Awaitable[Any]]
 
@@ -85,6 +92,34 @@ def own_scope(ctx: RunContext, label: str) -> RunContext:
     """
     key = ctx.next_key(safe_label(label))
     return ctx.named(key.rsplit("/", 1)[-1])
+
+
+def name_key(name: str) -> str:
+    """How a name the model writes is compared with the names it was offered, in every pattern:
+    case and spacing do not matter (``" Billing  Team"`` is ``"billing team"``)."""
+    return " ".join(name.split()).casefold()
+
+
+def resolve_name(name: Any, choices: Iterable[str]) -> str | None:
+    """The one name in ``choices`` that ``name`` refers to (exact first, then by ``name_key``), or None."""
+    if not isinstance(name, str):
+        return None
+    options = list(choices)
+    if name in options:
+        return name
+    wanted = name_key(name)
+    found = [c for c in options if name_key(c) == wanted]
+    return found[0] if len(found) == 1 else None
+
+
+def check_distinct_names(names: Iterable[str], where: str, what: str) -> None:
+    """Refuse names a model's answer could not tell apart (they differ only in case or spacing)."""
+    seen: dict[str, str] = {}
+    for n in names:
+        other = seen.setdefault(name_key(n), n)
+        if other != n:
+            raise UsageError(f"{where}: {what} {other!r} and {n!r} differ only in case or spacing; a model's "
+                             "answer could not tell them apart")
 
 
 def describe(target: Target) -> str:

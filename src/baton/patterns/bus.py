@@ -34,7 +34,17 @@ from baton.agent import Agent
 from baton.context import RunContext
 from baton.errors import DepthExceeded, StepFailed, UsageError
 from baton.observe import events as ev
-from baton.patterns._base import Target, as_text, invoke, is_fatal, jsonable, output_of, own_scope
+from baton.patterns._base import (
+    Target,
+    as_text,
+    check_distinct_names,
+    invoke,
+    is_fatal,
+    jsonable,
+    output_of,
+    own_scope,
+    resolve_name,
+)
 
 START_SENDER = "user"
 
@@ -77,6 +87,7 @@ class Bus:
         where = f"bus {self.name!r}"
         if not self.agents:
             raise UsageError(f"{where} needs at least one agent")
+        check_distinct_names(self.agents, where, "agents")
         for agent_name in self.agents:
             if "/" in agent_name or not agent_name:
                 raise UsageError(f"{where}: agent name {agent_name!r} must be non-empty and may not contain '/'")
@@ -210,13 +221,15 @@ class Bus:
         for i, m in enumerate(out.get("messages") or []):
             if not isinstance(m, dict) or not isinstance(m.get("type"), str):
                 raise UsageError(f"{where}: message {i} must be a dict with a 'type'")
-            recipient = m.get("recipient") or ""
-            if m["type"] not in self._types:
+            asked = m.get("recipient") or ""
+            mtype = resolve_name(m["type"], self._types)
+            if mtype is None:
                 raise UsageError(f"{where}: message {i} has unknown type {m['type']!r}; known: {self._types}")
-            if recipient and recipient not in self.agents:
-                raise UsageError(f"{where}: message {i} is for unknown agent {recipient!r}; agents: "
+            recipient = resolve_name(asked, self.agents) if asked else ""
+            if recipient is None:
+                raise UsageError(f"{where}: message {i} is for unknown agent {asked!r}; agents: "
                                  + ", ".join(self.agents))
-            messages.append({"type": m["type"], "recipient": recipient, "payload": jsonable(m.get("payload"))})
+            messages.append({"type": mtype, "recipient": recipient, "payload": jsonable(m.get("payload"))})
         final = out.get("final")
         return {"messages": messages, "final": None if final is None else str(final)}
 

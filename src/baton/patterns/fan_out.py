@@ -9,6 +9,9 @@ list order whatever finishes first. The policy says how failures count:
 - ``best_effort``: failures are dropped; the step fails only if nothing succeeded;
 - ``quorum:K``: at least K calls must succeed.
 
+Items are capped by ``max_items`` (default 100): a longer list, typically one a model
+wrote, fails the step before any item is called, naming the count and the cap.
+
 The aggregator is an agent (it gets the labelled results as text), a nested workflow
 (it gets the list), or a plain function of the list. Without one, the list of
 successful outputs is returned in input order.
@@ -39,6 +42,7 @@ from baton.patterns._base import (
 )
 
 SUMMARY_EVENT = ev.FAN_OUT_DONE
+DEFAULT_MAX_ITEMS = 100
 
 
 def parse_policy(policy: str) -> tuple[str, int]:
@@ -72,6 +76,8 @@ class FanOut:
     aggregator: Target | Callable[[list[Any]], Any] | None = None
     policy: str = "all"
     name: str = "fan_out"
+    max_items: int = DEFAULT_MAX_ITEMS
+    """The most items an ``each`` fan-out calls its target with; more fails the step."""
 
     def __post_init__(self) -> None:
         if (self.agents is None) == (self.each is None):
@@ -81,6 +87,8 @@ class FanOut:
             raise UsageError(f"fan-out {self.name!r}: agents is empty")
         if self.over not in ("lines", "json"):
             raise UsageError(f"fan-out {self.name!r}: over must be 'lines' or 'json', not {self.over!r}")
+        if not isinstance(self.max_items, int) or isinstance(self.max_items, bool) or self.max_items < 1:
+            raise UsageError(f"fan-out {self.name!r}: max_items must be an integer >= 1, not {self.max_items!r}")
         self._kind, self._quorum = parse_policy(self.policy)
         if self.agents is not None and self._quorum > len(self.agents):
             raise UsageError(f"fan-out {self.name!r}: quorum {self._quorum} is more than the "
@@ -117,6 +125,10 @@ class FanOut:
         else:
             assert self.each is not None
             items = self.items(input)
+            if len(items) > self.max_items:
+                raise StepFailed(f"fan-out {self.name!r}: the input has {len(items)} items, more than max_items "
+                                 f"({self.max_items}); nothing was called. Raise max_items or shorten the input",
+                                 step=self.name, attempts=[f"{len(items)} items > max_items {self.max_items}"])
             labels = [f"item {i + 1}: {_short(item)}" for i, item in enumerate(items)]
             calls = [invoke(ctx, self.each, item) for item in items]
         results = await self._gather(ctx, calls, labels)

@@ -1,7 +1,7 @@
 """Handoffs: agents pass control to a named peer through a ``transfer_to_<peer>`` tool.
 
 Each agent gets one tool per peer with input ``{"asked", "found", "next"}``. When it
-calls one, its turn ends and the pattern records an immutable ``Handoff`` snapshot
+calls one (with valid input), its turn ends at once, with no further model call, and the pattern records an immutable ``Handoff`` snapshot
 (``ctx.handoff``); the peer then runs one level deeper, reading the original request
 and the rendered snapshot (its tools see the snapshot as ``ctx.state``). The agent
 that answers without handing off gives the output. The result is
@@ -41,16 +41,21 @@ def transfer_tool_name(peer: str) -> str:
     return "transfer_to_" + "".join(c if c.isalnum() or c in "_-" else "_" for c in peer)[:52]
 
 
+class TransferTool(Tool):
+    """A transfer: once it succeeds the agent's turn ends (the tool loop makes no further model call)."""
+
+    ends_turn = True
+
+
 def _transfer_tool(peer: str, description: str) -> Tool:
     async def transfer(asked: str, found: dict[str, Any], next: str) -> str:  # noqa: A002
-        # The pattern reads the transfer from the conversation; this only tells the agent to stop.
-        return (f"Handoff to {peer} recorded; {peer} takes over from here. Do not call other tools; reply with "
-                "one short sentence saying what you handed over.")
+        # The pattern reads the transfer from the conversation; the agent's turn ends here.
+        return f"Handoff to {peer} recorded; {peer} takes over from here."
 
     text = f"Hand the conversation over to {peer}" + (f", who {description}" if description else "") + (
         ". Use it when they are better placed to continue; pass what was asked, what you found and what "
-        "they should do next.")
-    return Tool(transfer_tool_name(peer), text, TRANSFER_SCHEMA, transfer)
+        "they should do next. Calling it ends your turn.")
+    return TransferTool(transfer_tool_name(peer), text, TRANSFER_SCHEMA, transfer)
 
 
 @dataclass

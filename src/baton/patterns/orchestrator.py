@@ -1,10 +1,12 @@
 """Orchestrator-worker: an LLM plans a dependency DAG, workers run it, a synthesizer combines.
 
 The plan is validated before anything runs (unknown worker, duplicate id, dangling or
-cyclic ``depends_on``, too many subtasks). An invalid plan goes back to the planner
-with the exact errors; after ``max_replans`` it fails with a ``PlanError``. Each
-subtask starts the moment its dependencies finish and sees only the original task and
-its dependencies' outputs.
+cyclic ``depends_on``, too many subtasks). Worker names resolve ignoring case and
+spacing, as route names do. An invalid plan goes back to the planner with the exact
+errors (the first ``MAX_SHOWN_ERRORS`` of them); after ``max_replans`` it fails with a
+``PlanError`` that carries those errors and an excerpt of the plan, never the whole
+plan. Each subtask starts the moment its dependencies finish and sees only the
+original task and its dependencies' outputs.
 """
 
 from __future__ import annotations
@@ -17,9 +19,37 @@ from baton.agent import Agent
 from baton.context import RunContext
 from baton.errors import PlanError
 from baton.observe import events as ev
-from baton.patterns._base import Target, as_text, invoke, output_of, target_name
+from baton.patterns._base import (
+    Target,
+    as_text,
+    check_distinct_names,
+    invoke,
+    output_of,
+    resolve_name,
+    target_name,
+)
 from baton.patterns.compress import Compressor
 from baton.runtime.scheduler import find_cycle, run_dag
+
+MAX_SHOWN_ERRORS = 10
+"""Plan problems quoted to the planner and in a PlanError; the rest are counted."""
+EXCERPT_SUBTASKS = 5
+"""Subtasks of an invalid plan kept in a PlanError's raw output."""
+
+
+def shown_errors(errors: list[str]) -> list[str]:
+    """``errors`` capped for prompts, events and messages (a 1,000-subtask plan has 1,000 problems)."""
+    if len(errors) <= MAX_SHOWN_ERRORS:
+        return list(errors)
+    return [*errors[:MAX_SHOWN_ERRORS], f"... and {len(errors) - MAX_SHOWN_ERRORS} more problems"]
+
+
+def plan_excerpt(plan: Any) -> Any:
+    """An invalid plan as a PlanError carries it: the first subtasks and the count."""
+    if not isinstance(plan, Mapping) or not isinstance(plan.get("subtasks"), list):
+        return plan
+    subtasks = plan["subtasks"]
+    return {**plan, "subtasks": subtasks[:EXCERPT_SUBTASKS], "subtasks_total": len(subtasks)}
 
 
 def plan_schema(workers: list[str]) -> dict[str, Any]:
@@ -67,7 +97,7 @@ def validate_plan(plan: Mapping[str, Any], workers: list[str], max_subtasks: int
         seen.add(sid)
     for s in subtasks:
         sid = s.get("id")
-        if s.get("worker") not in workers:
+        if resolve_name(s.get("worker"), workers) is None:
             errors.append(f"subtask {sid!r} names unknown worker {s.get('worker')!r}; available: {', '.join(workers)}")
         for dep in s.get("depends_on") or []:
             if dep == sid:
@@ -107,9 +137,9 @@ def repair_plan(plan: Mapping[str, Any], workers: list[str], max_subtasks: int) 
                 new += "_"
             notes.append(f"renamed subtask id {sid!r} to {new!r}")
             sid = new
-        worker = s.get("worker")
-        if worker not in workers:
-            notes.append(f"subtask {sid!r}: unknown worker {worker!r} replaced by {workers[0]!r}")
+        worker = resolve_name(s.get("worker"), workers)
+        if worker is None:
+            notes.append(f"subtask {sid!r}: unknown worker {s.get('worker')!r} replaced by {workers[0]!r}")
             worker = workers[0]
         deps = []
         for d in s.get("depends_on") or []:
@@ -120,6 +150,12 @@ def repair_plan(plan: Mapping[str, Any], workers: list[str], max_subtasks: int) 
         fixed.append({"id": sid, "worker": worker, "instruction": str(s.get("instruction") or ""), "depends_on": deps})
         seen.add(sid)
     return {"subtasks": fixed, "synthesis_instructions": str(plan.get("synthesis_instructions") or "")}, notes
+
+
+def _canonical(plan: Mapping[str, Any], workers: list[str]) -> dict[str, Any]:
+    """A valid plan with each worker written as it was declared (the model may differ in case or spacing)."""
+    subtasks = [{**s, "worker": resolve_name(s.get("worker"), workers)} for s in plan["subtasks"]]
+    return {**plan, "subtasks": subtasks}
 
 
 @dataclass
@@ -141,6 +177,7 @@ class Orchestrator:
     def __post_init__(self) -> None:
         if isinstance(self.workers, list):
             self.workers = {target_name(w): w for w in self.workers}
+        check_distinct_names(self.workers, f"orchestrator {self.name!r}", "workers")
         self._planner = self.planner.with_(output=plan_schema(list(self.workers)))
 
     def _planning_prompt(self, task: Any) -> str:
@@ -157,22 +194,26 @@ class Orchestrator:
         workers = list(self.workers)
         prompt = self._planning_prompt(task)
         errors: list[str] = []
-        for attempt in range(self.max_replans + 1):
+        attempts = self.max_replans + 1
+        for attempt in range(1, attempts + 1):
             if errors:
                 prompt = (f"{self._planning_prompt(task)}\n\nYour previous plan was invalid:\n- "
-                          + "\n- ".join(errors) + "\nReturn a corrected plan.")
+                          + "\n- ".join(shown_errors(errors)) + "\nReturn a corrected plan.")
             plan = output_of(await ctx.call(self._planner, prompt))
             errors = validate_plan(plan, workers, self.max_subtasks)
             if not errors:
-                return dict(plan)
-            ctx.emit(ev.PLAN_INVALID, {"errors": errors, "attempt": attempt + 1})
+                return _canonical(plan, workers)
+            after = "replan" if attempt < attempts else ("repair" if self.repair_plan else "fail")
+            ctx.emit(ev.PLAN_INVALID, {"errors": shown_errors(errors), "attempt": attempt, "attempts": attempts,
+                                       "next": after})
         if self.repair_plan:
             # Journaled as a step so a resumed run sees the same repaired plan.
             repaired = await ctx.step("repair_plan", lambda: repair_plan(plan, workers, self.max_subtasks))
-            ctx.emit(ev.PLAN_INVALID, {"errors": errors, "repaired": repaired[1]})
+            ctx.emit(ev.PLAN_INVALID, {"errors": shown_errors(errors), "repaired": shown_errors(repaired[1])})
             return dict(repaired[0])
-        raise PlanError(f"{self.name}: the plan is still invalid after {self.max_replans + 1} attempts: "
-                        + "; ".join(errors), raw_output=plan, errors=errors)
+        shown = shown_errors(errors)
+        raise PlanError(f"{self.name}: the plan is still invalid after {attempts} attempts: " + "; ".join(shown),
+                        raw_output=plan_excerpt(plan), errors=shown)
 
     async def __call__(self, ctx: RunContext, task: Any) -> Any:
         plan = await self.plan(ctx, task)

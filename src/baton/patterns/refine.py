@@ -5,6 +5,11 @@ followed, unless all approve, by one revision. It stops when every critic approv
 or after ``max_rounds`` reviews, and returns the latest draft: at most
 ``1 + max_rounds * len(critics) + (max_rounds - 1)`` agent calls, never more.
 Each round's verdicts go on the event stream as ``refine.round``.
+
+A draft the critics never approved is not passed off as a plain success: the run
+carries a ``not_approved`` warning naming the critics and their last feedback
+(``RunResult.warnings``, ``--json``, ``baton show``, stderr), and with
+``require_approval=True`` the step fails instead.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class Refine:
     max_rounds: int = 3
     reviser: Target | None = None
     name: str = "refine"
+    require_approval: bool = False
+    """Fail (``StepFailed``) instead of returning a draft the critics did not approve."""
     _critics: list[Target] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -59,8 +66,10 @@ class Refine:
             approved = all(r["approved"] for r in reviews.values())
             ctx.emit(ROUND_EVENT, {"name": self.name, "round": round_no, "approved": approved,
                                    "critics": {c: r["approved"] for c, r in reviews.items()}})
-            if approved or round_no == self.max_rounds:
+            if approved:
                 return draft
+            if round_no == self.max_rounds:
+                return self._unapproved(ctx, draft, reviews)
             feedback = "\n".join(f"- {c} ({'approved' if r['approved'] else 'changes requested'}): {r['feedback']}"
                                  for c, r in reviews.items())
             prompt = (f"Task:\n{as_text(task)}\n\nYour previous draft:\n{as_text(draft)}\n\n"
@@ -68,6 +77,16 @@ class Refine:
                       "Revise the draft to address every point. Reply with the complete revised draft only.")
             draft = await invoke(ctx, self.reviser or self.drafter, prompt)
         return draft  # not reached: the last round returns
+
+    def _unapproved(self, ctx: RunContext, draft: Any, reviews: dict[str, dict[str, Any]]) -> Any:
+        rejected = [f"{c}: {_clip(r['feedback']) or 'no feedback'}" for c, r in reviews.items() if not r["approved"]]
+        message = (f"refine {self.name!r}: the critics did not approve the draft after {self.max_rounds} "
+                   f"round{'s' if self.max_rounds != 1 else ''} ({'; '.join(rejected)})")
+        if self.require_approval:
+            raise StepFailed(message + "; require_approval is set, so the draft is not used", step=self.name,
+                             attempts=rejected)
+        ctx.warn(f"refine {self.name!r}", "not_approved", message + "; the last draft was returned")
+        return draft
 
     async def _review(self, ctx: RunContext, task: Any, draft: Any, round_no: int) -> dict[str, dict[str, Any]]:
         prompt = (f"Task:\n{as_text(task)}\n\nDraft to review (round {round_no} of {self.max_rounds}):\n"
@@ -91,3 +110,8 @@ class Refine:
                                  "{approved, feedback}: " + "; ".join(errors), step=self.name)
             reviews[critic] = data
         return reviews
+
+
+def _clip(text: Any, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

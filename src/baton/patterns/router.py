@@ -17,7 +17,16 @@ from baton.agent import Agent
 from baton.context import Priority, RunContext
 from baton.errors import StepFailed, UsageError
 from baton.observe import events as ev
-from baton.patterns._base import Target, as_text, describe, invoke, output_of, target_name
+from baton.patterns._base import (
+    Target,
+    as_text,
+    check_distinct_names,
+    describe,
+    invoke,
+    output_of,
+    resolve_name,
+    target_name,
+)
 
 DECISION_EVENT = ev.ROUTER_DECISION
 
@@ -44,6 +53,7 @@ class Router:
     def __post_init__(self) -> None:
         if not self.routes:
             raise UsageError(f"router {self.name!r} needs at least one route")
+        check_distinct_names(self.routes, f"router {self.name!r}", "routes")
         self._classifier = self.classifier.with_(output=ROUTE_SCHEMA)
 
     def prompt(self, input: Any) -> str:
@@ -55,11 +65,8 @@ class Router:
         return "\n".join(lines)
 
     def resolve(self, route: str) -> str | None:
-        """The route name ``route`` refers to (exact, then ignoring case and spaces), or None."""
-        if route in self.routes:
-            return route
-        wanted = route.strip().casefold()
-        return next((r for r in self.routes if r.strip().casefold() == wanted), None)
+        """The route name ``route`` refers to (exact, then ignoring case and spacing), or None."""
+        return resolve_name(route, self.routes)
 
     async def __call__(self, ctx: RunContext, input: Any) -> Any:
         decision = output_of(await ctx.call(self._classifier, self.prompt(input)))

@@ -87,11 +87,24 @@ class BudgetTracker:
     def deadline(self) -> float | None:
         return None if self.limits.timeout_s is None else self._started + self.limits.timeout_s
 
-    def _fail(self, limit: str, spent: float, allowed: float) -> BudgetExceeded:
+    def _fail(self, limit: str, spent: float, allowed: float, reserved: float = 0.0,
+              need: float = 0.0) -> BudgetExceeded:
+        """The error for a call that was not sent: what is spent, what calls in flight hold, and
+        this call's worst case (a reservation, not a measurement)."""
         if self._on_check:
-            self._on_check(limit, spent, allowed, False)
-        return BudgetExceeded(f"{limit} budget exceeded: this call would bring it to {spent:g} of {allowed:g}",
-                              limit=limit, spent=spent, allowed=allowed)
+            self._on_check(limit, spent + reserved + need, allowed, False)
+        done = f"{self.model_calls} finished call{'s' if self.model_calls != 1 else ''}"
+        flight = f", {reserved:g} reserved by calls in flight" if reserved else ""
+        if limit == "model_calls":
+            message = (f"model_calls limit reached: {done} and {int(reserved)} in flight of {allowed:g} allowed; "
+                       "the next call was not sent")
+        elif limit == "wall_time_s":
+            message = f"wall_time_s budget exceeded: the run has taken {spent:.1f}s of {allowed:g}s"
+        else:
+            message = (f"{limit} budget exceeded: {spent:g} spent by {done}{flight}; the next call could take up to "
+                       f"{need:g} more (estimated input plus max_tokens), over the limit of {allowed:g}; it was "
+                       "not sent")
+        return BudgetExceeded(message, limit=limit, spent=spent, allowed=allowed)
 
     def reserve(self, model: str, input_chars: int, max_tokens: int, *, price_as: str | None = None) -> Reservation:
         lim = self.limits
@@ -102,17 +115,20 @@ class BudgetTracker:
         if deadline is not None and time.monotonic() > deadline:
             raise self._fail("wall_time_s", time.monotonic() - self._started, float(lim.timeout_s or 0))
         if lim.max_model_calls is not None and self.model_calls + self._reserved_calls + 1 > lim.max_model_calls:
-            raise self._fail("model_calls", self.model_calls + self._reserved_calls + 1, lim.max_model_calls)
+            raise self._fail("model_calls", self.model_calls, lim.max_model_calls, self._reserved_calls, 1)
         if lim.budget_usd is not None and self.cost_usd + self._reserved_usd + usd > lim.budget_usd:
-            raise self._fail("usd", round(self.cost_usd + self._reserved_usd + usd, 6), lim.budget_usd)
-        total_in = self.usage.total_input_tokens + self._reserved_in + est_in
-        total_out = self.usage.output_tokens + self._reserved_out + max_tokens
+            raise self._fail("usd", round(self.cost_usd, 6), lim.budget_usd, round(self._reserved_usd, 6),
+                             round(usd, 6))
+        spent_in, spent_out = self.usage.total_input_tokens, self.usage.output_tokens
+        total_in = spent_in + self._reserved_in + est_in
+        total_out = spent_out + self._reserved_out + max_tokens
         if lim.budget_input_tokens is not None and total_in > lim.budget_input_tokens:
-            raise self._fail("input_tokens", total_in, lim.budget_input_tokens)
+            raise self._fail("input_tokens", spent_in, lim.budget_input_tokens, self._reserved_in, est_in)
         if lim.budget_output_tokens is not None and total_out > lim.budget_output_tokens:
-            raise self._fail("output_tokens", total_out, lim.budget_output_tokens)
+            raise self._fail("output_tokens", spent_out, lim.budget_output_tokens, self._reserved_out, max_tokens)
         if lim.budget_tokens is not None and total_in + total_out > lim.budget_tokens:
-            raise self._fail("tokens", total_in + total_out, lim.budget_tokens)
+            raise self._fail("tokens", spent_in + spent_out, lim.budget_tokens,
+                             self._reserved_in + self._reserved_out, est_in + max_tokens)
         self._reserved_usd += usd
         self._reserved_in += est_in
         self._reserved_out += max_tokens

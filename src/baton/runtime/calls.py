@@ -123,6 +123,8 @@ class Runtime:
     router: ModelRouter = field(default_factory=ModelRouter)
     stop_reason: str | None = None
     """Why the run stopped itself as interrupted (a tool's KeyboardInterrupt), for its error message."""
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    """Outcomes that succeeded but deserve a reader's attention (``RunContext.warn``)."""
     _slots: asyncio.Semaphore | None = None
     _warm: dict[str, asyncio.Event] = field(default_factory=dict)
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set)

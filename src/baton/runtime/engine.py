@@ -68,6 +68,8 @@ class RunResult:
     model_calls: int = 0
     duration_s: float = 0.0
     error: dict[str, Any] | None = None
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    """``{"source", "code", "message"}`` for outcomes that deserve attention (see ``RunContext.warn``)."""
 
     @property
     def ok(self) -> bool:
@@ -77,7 +79,7 @@ class RunResult:
         """The ``--json`` object of DESIGN.md."""
         return {"run_id": self.run_id, "status": self.status, "output": self.output, "usage": self.usage.to_dict(),
                 "cost_usd": round(self.cost_usd, 6), "model_calls": self.model_calls,
-                "duration_s": round(self.duration_s, 3), "error": self.error}
+                "duration_s": round(self.duration_s, 3), "error": self.error, "warnings": self.warnings}
 
 
 async def _with_wall_time(work: Awaitable[Any], timeout_s: float | None) -> Any:
@@ -412,6 +414,7 @@ class Engine:
         record.output, record.error = output, error
         record.usage, record.cost_usd, record.model_calls = budget.usage.to_dict(), budget.cost_usd, budget.model_calls
         record.owner = None  # released: the next resume needs no takeover
+        record.metadata["warnings"] = list(runtime.warnings)  # this execution's, replayed steps included
         if not isinstance(pending, RunOwnedElsewhere):  # a displaced owner leaves the run to the new one
             try:
                 await store.update_run(record, transition=status, detail={"error": error} if error else {},
@@ -426,7 +429,7 @@ class Engine:
         if pending is not None:
             raise pending
         return RunResult(record.run_id, status, output, budget.usage, budget.cost_usd, budget.model_calls,
-                         duration, error)
+                         duration, error, list(runtime.warnings))
 
 
 def _prior_spend(journal: Journal) -> tuple[Usage, float, int]:

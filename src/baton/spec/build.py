@@ -25,6 +25,11 @@ from baton.tools import DEFAULT_MAX_RESULT_CHARS, Tool, tool
 
 Problems = list[dict[str, Any]]
 
+DEFAULT_MAX_ITEMS = 100
+"""A fan-out's item cap when the file sets none (as ``FanOut.max_items``)."""
+DEFAULT_MAX_MODEL_CALLS = 1000
+"""A workflow file's ceiling on model calls per run when ``limits.max_model_calls`` is not set."""
+
 
 @dataclass
 class YamlWorkflow:
@@ -287,7 +292,8 @@ class _Builder:
             return FanOut(agents=agents, aggregator=agg, policy=w.get("policy", "all"), name=self.data["name"])
         each = self.ref(w["each"]["agent"], (*p, "each", "agent"))
         return FanOut(each=each, over=w["each"].get("over", "lines"), aggregator=agg,
-                      policy=w.get("policy", "all"), name=self.data["name"])
+                      policy=w.get("policy", "all"), name=self.data["name"],
+                      max_items=w.get("max_items", DEFAULT_MAX_ITEMS))
 
     def _p_router(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.router import Router
@@ -319,7 +325,8 @@ class _Builder:
         reviser = self.agent(w["reviser"], (*p, "reviser")) if "reviser" in w else None
         if drafter is None or any(c is None for c in critics):
             return None
-        return Refine(drafter, [c for c in critics if c is not None], max_rounds=w.get("max_rounds", 3), reviser=reviser, name=self.data["name"])
+        return Refine(drafter, [c for c in critics if c is not None], max_rounds=w.get("max_rounds", 3), reviser=reviser, name=self.data["name"],
+                      require_approval=w.get("require_approval", False))
 
     def _p_bus(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.bus import Bus
@@ -381,7 +388,7 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
         raise WorkflowError(_summary(problems), file=first["file"],
                             line=first["line"], field=first["field"], problems=problems)
     try:  # bounds the schema cannot say (NaN, infinities) are checked by the settings themselves
-        limits = Limits.from_dict(data.get("limits"))
+        limits = Limits.from_dict({"max_model_calls": DEFAULT_MAX_MODEL_CALLS, **(data.get("limits") or {})})
         rate_limits = {k: RateLimits.from_dict(v, where=f"rate_limits.{k}")
                        for k, v in (data.get("rate_limits") or {}).items()}
         retry = RetryPolicy.from_dict(data["retry"]) if data.get("retry") else None

@@ -13,6 +13,7 @@ from typing import Any
 
 from baton.agent import Agent
 from baton.models.pricing import price_for
+from baton.spec.build import DEFAULT_MAX_ITEMS
 
 DEFAULT_INPUT_TOKENS = 8000
 
@@ -96,9 +97,8 @@ def workflow_bound(wf: Any, input_tokens: int = DEFAULT_INPUT_TOKENS, *, capped:
             b = Bound()
             for a in spec["agents"]:
                 b = b + ref(a)
-        else:
-            b = ref(spec["each"]["agent"])
-            b.per_item = True
+        else:  # items are capped (max_items), so the bound is absolute
+            b = ref(spec["each"]["agent"]).times(spec.get("max_items", DEFAULT_MAX_ITEMS))
         b = b + agent(spec.get("aggregator"))
     elif kind == "router":
         routes = [ref(r) for r in spec["routes"].values()]

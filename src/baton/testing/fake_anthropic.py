@@ -411,6 +411,9 @@ class FakeAnthropicServer:
             entry.status = entry.status or 499
             entry.error = entry.error or "client disconnected"
             raise
+        except Exception as exc:  # a fake bug still answers like the API: a JSON api_error
+            return self._error(500, "api_error", f"Internal server error ({type(exc).__name__})",
+                               entry.request_id, entry=entry)
         finally:
             self.in_flight -= 1
             entry.time_end = time.time()

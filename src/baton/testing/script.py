@@ -124,7 +124,8 @@ def _block_from_wire(b: Any) -> ContentBlock | None:
     if kind == "text":
         return TextBlock(str(b.get("text", "")), b.get("cache_control"))
     if kind == "tool_use":
-        return ToolUseBlock(str(b.get("id", "")), str(b.get("name", "")), dict(b.get("input") or {}))
+        raw = b.get("input")
+        return ToolUseBlock(str(b.get("id", "")), str(b.get("name", "")), dict(raw) if isinstance(raw, dict) else {})
     if kind == "tool_result":
         return ToolResultBlock(str(b.get("tool_use_id", "")), _tool_result_text(b.get("content")),
                                bool(b.get("is_error")), b.get("cache_control"))
@@ -538,8 +539,42 @@ def forced_tool(request: ModelRequest) -> ToolSpec | None:
     return request.tools[0]
 
 
+def prefill_of(request: ModelRequest) -> str:
+    """The text of a trailing assistant message: the model continues from it, as the API does."""
+    if not request.messages or request.messages[-1].role != "assistant":
+        return ""
+    return request.messages[-1].text
+
+
+def _cut(blocks: list[JSON], max_tokens: int) -> list[JSON] | None:
+    """``blocks`` cut off at ``max_tokens`` (None if they fit): text is cut mid-way, and a tool call
+    whose input did not fit is sent with the input parsed so far (``{}``), as the API does."""
+    produced = "".join(_block_text(b) for b in blocks)
+    if max_tokens <= 0 or count_tokens(produced) <= max_tokens:
+        return None
+    room = max_tokens * 4
+    out: list[JSON] = []
+    for b in blocks:
+        size = len(_block_text(b))
+        if size <= room:
+            out.append(b)
+            room -= size
+            continue
+        if b.get("type") == "text" and room > 0:
+            out.append({**b, "text": str(b["text"])[:room]})
+        elif b.get("type") == "tool_use":
+            out.append({**b, "input": {}})
+        break
+    return out
+
+
 def render_reply(reply: Reply, request: ModelRequest, new_tool_id: Callable[[], str]) -> Rendered:
-    """The wire content blocks, stop reason and output token count for ``reply``."""
+    """The wire content blocks, stop reason and output token count for ``reply``.
+
+    Like the API, output stops at ``max_tokens`` (stop reason ``max_tokens``) whatever the
+    reply's kind, and a request ending with an assistant message is continued from it: a
+    scripted text that starts with that prefill is answered with the rest.
+    """
     blocks: list[JSON] = []
     if reply.thinking is not None:
         blocks.append({"type": "thinking", "thinking": reply.thinking, "signature": "fake-signature"})
@@ -558,6 +593,9 @@ def render_reply(reply: Reply, request: ModelRequest, new_tool_id: Callable[[], 
         stop_reason = "tool_use"
     else:
         out = _dumps(reply.data) if reply.kind == "json" else reply.text
+        prefill = prefill_of(request)
+        if prefill and out.startswith(prefill):
+            out = out[len(prefill):]
         for seq in request.stop_sequences or []:
             at = out.find(seq) if seq else -1
             if at >= 0:
@@ -567,10 +605,16 @@ def render_reply(reply: Reply, request: ModelRequest, new_tool_id: Callable[[], 
         if request.max_tokens > 0 and len(out) > limit + 3:
             out, stop_reason, stop_sequence = out[:limit], "max_tokens", None
         blocks.append({"type": "text", "text": out})
+    cut = _cut(blocks, request.max_tokens) if stop_reason == "tool_use" else None
+    if cut is not None:
+        blocks, stop_reason = cut, "max_tokens"
     if reply.stop_reason is not None:
         stop_reason = reply.stop_reason
     produced = "".join(_block_text(b) for b in blocks)
-    return Rendered(blocks, stop_reason, stop_sequence, count_tokens(produced))
+    tokens = count_tokens(produced)
+    if stop_reason == "max_tokens" and request.max_tokens > 0:
+        tokens = request.max_tokens
+    return Rendered(blocks, stop_reason, stop_sequence, tokens)
 
 
 # --- rules from JSON data (for the CLI server and other processes) ------------------------
@@ -685,12 +729,16 @@ def _check_blocks(i: int, msg: JSON, found: list[tuple[str, str]]) -> str | None
                 return f"{where}.text: Field required"
             if not b["text"]:
                 return "messages: text content blocks must be non-empty"
+            if not b["text"].strip():
+                return "messages: text content blocks must contain non-whitespace text"
         elif kind == "tool_use":
             if msg.get("role") != "assistant":
                 return f"{where}: `tool_use` blocks can only be in `assistant` messages"
             for key in ("id", "name", "input"):
                 if key not in b:
                     return f"{where}.{key}: Field required"
+            if not isinstance(b["input"], dict):
+                return f"{where}.input: Input should be a valid dictionary"
         elif kind == "tool_result":
             if msg.get("role") != "user":
                 return f"{where}: `tool_result` blocks can only be in `user` messages"
@@ -797,6 +845,13 @@ def validate_body(body: Any) -> str | None:
     err = _check_tool_pairing(messages)
     if err:
         return err
+    last = messages[-1]
+    if last.get("role") == "assistant":
+        tail = last.get("content")
+        blocks = [tail] if isinstance(tail, str) else [b.get("text") for b in _blocks_of(last)
+                                                        if b.get("type") == "text"]
+        if blocks and isinstance(blocks[-1], str) and blocks[-1] != blocks[-1].rstrip():
+            return "messages: final assistant content cannot end with trailing whitespace"
     tc = body.get("tool_choice")
     if tc is not None:
         if not isinstance(tc, dict) or tc.get("type") not in ("auto", "any", "tool", "none"):
