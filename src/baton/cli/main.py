@@ -419,6 +419,10 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_id")
     store(rp)
     rp.set_defaults(fn=_cmd_replay)
+
+    from baton.server import add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 
