@@ -113,6 +113,11 @@ def _install_errors(app: FastAPI) -> None:
         log.warning("request failed: %s", redact_text(str(exc)))
         return error_response(503, type(exc).__name__, "the service could not complete this request")
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected error on %s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return error_response(500, "internal", "the service failed on this request; it is logged")
+
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "not_found", f"no route {request.url.path}")

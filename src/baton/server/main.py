@@ -52,6 +52,11 @@ async def serve(args: argparse.Namespace) -> int:
             # SSE streams end and intake refuses before uvicorn waits on open connections
             loop.call_soon_threadsafe(service.begin_stop)
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after its shutdown (the process would die by it); a
+            # graceful stop here is complete, so it exits 0.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=10)

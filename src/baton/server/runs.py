@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,9 @@ def lowered(base: Limits, requested: dict[str, Any] | None) -> Limits:
     """A caller may tighten the workflow's limits, never loosen them."""
     if not requested:
         return base
+    for name, value in requested.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+            raise UsageError(f"limits.{name} must be a positive number")
     asked = Limits.from_dict(requested, where="limits")
     out: dict[str, Any] = {}
     for name in requested:
@@ -160,13 +165,21 @@ class RunManager:
 
     async def approve(self, record: RunRecord, step: str, *, approved: bool, edit: Any, note: str | None,
                       by: str) -> None:
-        steps = {s.key: s for s in await self.store.load_steps(record.run_id)}
-        pending = steps.get(step)
-        if record.status != "awaiting_approval" or pending is None or pending.kind != "approval" \
-                or pending.status != "started":
+        if record.status != "awaiting_approval" or step not in await self.waiting_steps(record):
             raise Conflict(f"step {step!r} of run {record.run_id} is not waiting for a decision")
         await decide(record.run_id, step, approved=approved, edit=edit, by=by, note=note, store=self.store)
         self.enqueue(record.run_id)
+
+    async def waiting_steps(self, record: RunRecord) -> set[str]:
+        """Approval steps started and not decided, and a tool re-run decision the run stopped on."""
+        steps = await self.store.load_steps(record.run_id)
+        done = {s.key for s in steps if s.status == "completed"}
+        waiting = {s.key for s in steps if s.kind == "approval" and s.status == "started" and s.key not in done}
+        message = str((record.error or {}).get("message", ""))
+        found = re.search(rf"baton approve {re.escape(record.run_id)} (\S+#decision\S*)", message)
+        if found and found.group(1) not in done:
+            waiting.add(found.group(1))
+        return waiting
 
     # --- recovery and stop ---------------------------------------------------------------------
 
