@@ -92,7 +92,7 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str, proc: subprocess
 
 
 async def _submit_all(session: aiohttp.ClientSession, url: str, runs: int, clients: int,
-                      ids: list[str], latencies: list[float]) -> int:
+                      ids: list[str], latencies: list[float], enough: asyncio.Event, wanted: int) -> int:
     headers = {"Authorization": f"Bearer {KEY}"}
     counter = iter(range(runs))
     errors = 0
@@ -107,6 +107,8 @@ async def _submit_all(session: aiohttp.ClientSession, url: str, runs: int, clien
             latencies.append(time.perf_counter() - t0)
             if r.status == 202:
                 ids.append(body["run_id"])
+                if len(ids) >= wanted:
+                    enough.set()
             else:
                 errors += 1
 
@@ -142,13 +144,17 @@ async def _load(args: argparse.Namespace, url: str, pid: int) -> dict[str, Any]:
         ids: list[str] = []
         latencies: list[float] = []
         cpu0, t0 = _cpu_s(pid), time.perf_counter()
-        submit = asyncio.create_task(_submit_all(session, url, args.runs, args.clients, ids, latencies))
-        while len(ids) < min(args.subscribers, args.runs) and not submit.done():
-            await asyncio.sleep(0.01)
+        enough = asyncio.Event()
+        submit = asyncio.create_task(_submit_all(session, url, args.runs, args.clients, ids, latencies,
+                                                 enough, min(args.subscribers, args.runs)))
+        await asyncio.wait([submit, asyncio.create_task(enough.wait())], return_when=asyncio.FIRST_COMPLETED)
         follows = [asyncio.create_task(_follow(session, url, rid)) for rid in ids[:args.subscribers]]
         errors = await submit
         intake_s = time.perf_counter() - t0
-        while await _succeeded(session, url) < len(ids) and time.perf_counter() - t0 < args.max_wait:
+        deadline = t0 + args.max_wait
+        while time.perf_counter() < deadline:
+            if await _succeeded(session, url) >= len(ids):
+                break
             await asyncio.sleep(0.2)
         drain_s = time.perf_counter() - t0
         done = await _succeeded(session, url)

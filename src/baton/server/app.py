@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from baton.errors import BatonError, UsageError
 from baton.server.config import TenantLimits, webhook_secret, webhook_tenant
 from baton.server.http import AccessLog, ApiError, BodyLimit, error_response
-from baton.server.models import ERRORS, Accepted, Decision, RunIn
+from baton.server.models import ERRORS, RETRIED, Accepted, Decision, RunIn
 from baton.server.registry import InputInvalid, Registered, check_input
 from baton.server.state import Service
 from baton.server.views import run_view, summary_view
@@ -69,8 +69,42 @@ def _checked(reg: Registered, value: Any) -> None:
         raise ApiError(422, "invalid_input", f"{exc.field}: {exc.detail}") from exc
 
 
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON Schema with its ``$defs`` inlined (it is placed inside the document)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.rsplit("/", 1)[1]])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _schema(model)}}}}
+
+
+def _runs_body_doc(registry: dict[str, Registered]) -> dict[str, Any]:
+    """``RunIn`` once per registered workflow, with its input schema: the document says exactly
+    what intake accepts, so clients (and fuzzers) can send it."""
+    variants = []
+    for name, reg in sorted(registry.items()):
+        schema = _schema(RunIn)
+        schema["title"] = f"RunIn[{name}]"
+        schema["properties"]["workflow"] = {"const": name}
+        if reg.input_schema is not None:
+            schema["properties"]["input"] = reg.input_schema
+            schema["required"] = ["workflow", "input"]
+        variants.append(schema)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": variants}}}}}
 
 
 def _parse(model: type[M], raw: bytes) -> M:
@@ -124,12 +158,17 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(405)
     async def not_allowed(request: Request, exc: Exception) -> Response:
-        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}")
+        from starlette.routing import Match
+
+        allowed = sorted({m for r in request.app.routes if r.matches(request.scope)[0] != Match.NONE
+                          for m in (getattr(r, "methods", None) or ())})
+        return error_response(405, "method_not_allowed", f"{request.method} is not allowed on {request.url.path}",
+                              {"Allow": ", ".join(allowed)})
 
 
 def _routes_runs(app: FastAPI, svc: Service) -> None:
-    @app.post("/v1/runs", status_code=202, response_model=Accepted, responses=ERRORS, tags=["runs"],
-              openapi_extra=_body_doc(RunIn))
+    @app.post("/v1/runs", status_code=202, response_model=Accepted, responses={**RETRIED, **ERRORS}, tags=["runs"],
+              openapi_extra=_runs_body_doc(svc.registry))
     async def create_run(request: Request, response: Response) -> Accepted:
         """Store a run (status ``pending``) and queue it; answered only once it is stored."""
         tenant = _tenant(request, svc)
@@ -140,7 +179,8 @@ def _routes_runs(app: FastAPI, svc: Service) -> None:
         run_id = body.run_id or (_derived_id("idem", tenant, key) if key else None)
         await svc.check_tenant_limits(tenant)
         record, created = await svc.runs.submit(tenant, reg, body.input, run_id=run_id or svc.new_run_id(),
-                                                limits=body.limits, source="api",
+                                                limits=body.limits.model_dump(exclude_none=True)
+                                                if body.limits else None, source="api",
                                                 extra={"idempotency_key": key} if key else None)
         request.scope["state"]["run_id"] = record.run_id
         if created:
@@ -196,7 +236,7 @@ def _derived_id(kind: str, *parts: str) -> str:
 
 def _routes_hooks(app: FastAPI, svc: Service, window_s: float) -> None:
     @app.post("/v1/hooks/{workflow}", status_code=202, response_model=Accepted, tags=["intake"],
-              responses=ERRORS)
+              responses={**RETRIED, **ERRORS})
     async def hook(workflow: str, request: Request, response: Response) -> Accepted:
         """Webhook intake. ``X-Baton-Timestamp: UNIX_SECONDS`` and ``X-Baton-Signature: sha256=HEX``,
         the HMAC-SHA256 of ``TIMESTAMP.BODY`` with the workflow's secret."""

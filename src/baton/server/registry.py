@@ -72,7 +72,14 @@ def load_registry(folder: str) -> dict[str, Registered]:
 
 
 def check_input(reg: Registered, value: Any) -> None:
-    """Raise ``InputInvalid`` naming the first field that breaks the schema."""
+    """Raise ``InputInvalid`` naming the first field that breaks the schema, or when the store
+    could not keep the value (integers beyond 64 bits, lone surrogates)."""
+    import orjson
+
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise InputInvalid("", f"cannot be stored as JSON: {exc}") from None
     if reg.input_schema is None:
         return
     import jsonschema
