@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -20,9 +21,9 @@ import pytest
 
 from _serve import Serve, poll, serving, signed
 from _services import PG_URL, REDIS_URL, postgres_problem, redis_problem
-from baton.messages import ModelRequest
+from baton.messages import ModelRequest, ToolResultBlock
 from baton.stores import open_store
-from baton.testing import FakeAnthropicServer, text
+from baton.testing import FakeAnthropicServer, Reply, text, tool_call
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
@@ -462,3 +463,75 @@ def test_queue_acks_after_storing_claims_a_dead_consumers_messages_and_dead_lett
     finally:
         r.delete(stream, f"{stream}:dead")
         r.close()
+
+
+SENDER = """\
+version: 1
+name: sender
+defaults: {model: claude-haiku-4-5, max_tokens: 64, temperature: 0}
+agents:
+  s: {system: "Serve sender. You send the notice.", tools: [send]}
+tools:
+  send: {python: "serve_effects:send", idempotent: false}
+workflow: {pattern: agent, agent: s}
+"""
+
+EFFECTS = '''\
+"""A non-idempotent tool: the first call hangs (the test kills the service meanwhile)."""
+import os
+import time
+from pathlib import Path
+
+
+def send(item: str) -> str:
+    ledger = Path(os.environ["SERVE_LEDGER"])
+    first = not ledger.exists()
+    with ledger.open("a") as f:
+        f.write(item + "\\n")
+    if first:
+        time.sleep(120)
+    return f"sent {item}"
+'''
+
+
+def test_tool_in_flight_at_kill9_waits_for_an_approval_over_http_then_continues(
+        model: FakeAnthropicServer, pg_store: str, tmp_path: Path) -> None:
+    """A non-idempotent tool was running when the service died: the next service does not
+    re-run it blindly; the run waits, and an approval over the API continues it."""
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "sender.yaml").write_text(SENDER)
+    (wf / "serve_effects.py").write_text(EFFECTS)
+    ledger = tmp_path / "ledger.txt"
+
+    def reply(req: ModelRequest) -> Reply:
+        results = [b for b in req.messages[-1].content if isinstance(b, ToolResultBlock)]
+        return text(f"done: {results[0].content}") if results else tool_call("send", {"item": "notice-7"})
+
+    rule = model.add_rule(r"^Serve sender\.", reply=reply)
+    env = {"SERVE_LEDGER": str(ledger)}
+    try:
+        first = service(model, wf, pg_store, tmp_path, env=env)
+        with serving(first):
+            run_id = first.submit("sender", "go")
+            poll(ledger.exists, what="the tool to start")
+            assert first.proc is not None
+            first.proc.kill()
+            first.proc.wait(timeout=30)
+        with serving(service(model, wf, pg_store, tmp_path, env=env)) as (second,):
+            paused = second.wait(run_id, ("awaiting_approval",))
+            assert len(paused["awaiting"]) == 1 and paused["awaiting"][0].endswith("#decision"), paused
+            step = urllib.parse.quote(paused["awaiting"][0])  # '#' would start a URL fragment
+            assert ledger.read_text().splitlines() == ["notice-7"]  # not re-run blindly
+            wrong = second.call("POST", f"/v1/runs/{run_id}/approvals/0", {"approved": True})
+            assert wrong.status == 409
+            ok = second.call("POST", f"/v1/runs/{run_id}/approvals/{step}", {"approved": True, "note": "resend"})
+            assert ok.status == 202, ok
+            done = second.wait(run_id)
+            assert done["output"] == "done: sent notice-7"
+            assert ledger.read_text().splitlines() == ["notice-7", "notice-7"]  # re-run once, as approved
+            again = second.call("POST", f"/v1/runs/{run_id}/approvals/{step}", {"approved": True})
+            assert again.status == 409
+    finally:
+        with model.script._lock:
+            model.rules.remove(rule)

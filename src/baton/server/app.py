@@ -201,7 +201,10 @@ def _routes_runs(app: FastAPI, svc: Service) -> None:
         record = await svc.owned_run(_tenant(request, svc), run_id, request)
         steps = await svc.store.load_steps(run_id)
         transitions = await svc.store.transitions(run_id)
-        return run_view(record, steps, transitions, svc.runs.position(run_id))
+        view = run_view(record, steps, transitions, svc.runs.position(run_id))
+        if record.status == "awaiting_approval":
+            view["awaiting"] = sorted(await svc.runs.waiting_steps(record))
+        return view
 
     @app.post("/v1/runs/{run_id}/cancel", status_code=202, tags=["runs"], responses=ERRORS)
     async def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
