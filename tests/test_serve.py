@@ -213,6 +213,9 @@ def test_idempotency_key_returns_the_same_run(model: FakeAnthropicServer, workfl
         assert first.status == 202 and again.status == 200
         assert again.body["run_id"] == first.body["run_id"] and again.body["created"] is False
         assert other.status == 202 and other.body["run_id"] != first.body["run_id"]  # keys are per tenant
+        changed = srv.call("POST", "/v1/runs", {"workflow": "shaped", "input": {"topic": "other"}},
+                           headers={"Idempotency-Key": "order-17"})
+        assert changed.status == 409 and "different input" in changed.body["error"]["message"]
         srv.wait(first.body["run_id"])
         assert len(stored_runs(pg_store)) == 2
         assert len(model.requests_matching(r"^Serve shaped\..*retries")) == 2
@@ -368,7 +371,7 @@ def test_sigterm_checkpoints_running_runs_and_the_next_service_resumes_them(
 def test_max_runs_queues_in_order_and_tenant_limit_answers_429(model: FakeAnthropicServer, workflows: Path,
                                                                pg_store: str, tmp_path: Path) -> None:
     limits = tmp_path / "limits.json"
-    limits.write_text(json.dumps({"tenant-b": {"max_active_runs": 1}}))
+    limits.write_text(json.dumps({"tenant-b": {"max_active_runs": 1, "usd_per_day": 0.000001}}))
     srv = service(model, workflows, pg_store, tmp_path, "--max-runs", "1", "--tenant-limits", str(limits))
     with serving(srv):
         replies = [srv.call("POST", "/v1/runs", {"workflow": "slow", "input": f"line {n}"}) for n in range(3)]
@@ -388,7 +391,11 @@ def test_max_runs_queues_in_order_and_tenant_limit_answers_429(model: FakeAnthro
             run = srv.wait(r.body["run_id"])
             started.append(next(t["at"] for t in run["transitions"] if t["status"] == "running"))
         assert started == sorted(started)  # first come, first served
-        srv.wait(b_first.body["run_id"], key="key-b")
+        assert srv.wait(b_first.body["run_id"], key="key-b")["cost_usd"] > 0.000001
+        spent = srv.call("POST", "/v1/runs", {"workflow": "shaped", "input": {"topic": "b3"}}, key="key-b")
+        assert spent.status == 429 and spent.body["error"]["type"] == "daily_budget_spent", spent
+        assert 0 < int(spent.headers["retry-after"]) <= 86401
+        assert srv.call("POST", "/v1/runs", {"workflow": "shaped", "input": {"topic": "a"}}).status == 202
 
 
 # --- webhooks and the queue ----------------------------------------------------------------------

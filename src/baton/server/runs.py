@@ -80,6 +80,9 @@ class RunManager:
             existing = await self.find(tenant, run_id)
             if existing is None or existing.metadata.get("workflow_name") != reg.name:
                 raise Conflict(f"run id {run_id!r} is already in use") from None
+            if existing.input != input_value:
+                raise Conflict(f"run {run_id} was accepted with a different input (a reused "
+                               f"Idempotency-Key or run_id)") from None
             return existing, False
         self.enqueue(run_id)
         return record, True
@@ -138,11 +141,11 @@ class RunManager:
         except Exception:
             log.exception("run %s: unexpected error", run_id)
         finally:
-            self.active.pop(run_id, None)
-            if run_id in self.cancelling:
+            if run_id in self.cancelling:  # still listed as active, so no sweep resumes it meanwhile
                 self.cancelling.discard(run_id)
                 with contextlib.suppress(BatonError):
                     await self.engine.cancel(run_id, force=True, reason="cancelled over the API")
+            self.active.pop(run_id, None)
             self.pump()
 
     # --- control -----------------------------------------------------------------------------
