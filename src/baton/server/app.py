@@ -206,6 +206,8 @@ def _routes_runs(app: FastAPI, svc: Service) -> None:
             view["awaiting"] = sorted(await svc.runs.waiting_steps(record))
         return view
 
+
+def _routes_run_control(app: FastAPI, svc: Service) -> None:
     @app.post("/v1/runs/{run_id}/cancel", status_code=202, tags=["runs"], responses=ERRORS)
     async def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
         record = await svc.owned_run(_tenant(request, svc), run_id, request)
@@ -313,6 +315,7 @@ def create_app(config: ServeConfig) -> Any:
     _install_errors(app)
     _routes_misc(app, svc)
     _routes_runs(app, svc)
+    _routes_run_control(app, svc)
     _routes_hooks(app, svc, config.webhook_window_s)
     return AccessLog(BodyLimit(app, config.max_body_bytes), svc.metrics, svc.live.trace_id,
                      enabled=config.access_log)
