@@ -199,8 +199,9 @@ def _routes_runs(app: FastAPI, svc: Service) -> None:
     @app.get("/v1/runs/{run_id}", tags=["runs"], responses=ERRORS)
     async def get_run(run_id: str, request: Request) -> dict[str, Any]:
         record = await svc.owned_run(_tenant(request, svc), run_id, request)
-        steps = await svc.store.load_steps(run_id)
-        transitions = await svc.store.transitions(run_id)
+        db = svc.runs.db()
+        steps = await db.load_steps(run_id)
+        transitions = await db.transitions(run_id)
         view = run_view(record, steps, transitions, svc.runs.position(run_id))
         if record.status == "awaiting_approval":
             view["awaiting"] = sorted(await svc.runs.waiting_steps(record))

@@ -56,11 +56,23 @@ class RunManager:
     engine: Engine
     registry: dict[str, Registered]
     max_runs: int = 8
+    executors: list[Engine] = field(default_factory=list)
+    """Engines over their own store connections that runs are spread over (default: ``engine``)."""
+    pool: list[Store] = field(default_factory=list)
+    """Store connections for intake and reads, used in turn (default: ``store``)."""
+    _turn: int = 0
     waiting: deque[str] = field(default_factory=deque)
     active: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     cancelling: set[str] = field(default_factory=set)
     stopping: bool = False
     started_total: int = 0
+
+    def db(self) -> Store:
+        """A store connection for intake and reads (in turn, so requests do not queue on one)."""
+        if not self.pool:
+            return self.store
+        self._turn += 1
+        return self.pool[self._turn % len(self.pool)]
 
     # --- intake ----------------------------------------------------------------------------
 
@@ -75,7 +87,7 @@ class RunManager:
         record = RunRecord(run_id=run_id, workflow=workflow_ref(reg.workflow), input=input_value,
                            limits=lim.to_dict(), metadata=meta)
         try:
-            await self.store.create_run(record)
+            await self.db().create_run(record)
         except UsageError:
             existing = await self.find(tenant, run_id)
             if existing is None or existing.metadata.get("workflow_name") != reg.name:
@@ -90,13 +102,13 @@ class RunManager:
     async def find(self, tenant: str, run_id: str) -> RunRecord | None:
         """The run, if it exists and belongs to ``tenant`` (else None: callers answer 404)."""
         try:
-            record = await self.store.get_run(run_id)
+            record = await self.db().get_run(run_id)
         except RunNotFound:
             return None
         return record if record.metadata.get("tenant") == tenant else None
 
     async def list(self, tenant: str, limit: int, status: str | None = None) -> list[RunRecord]:
-        rows = await self.store.list_runs(min(SCAN_LIMIT, max(limit * 20, 500)))
+        rows = await self.db().list_runs(min(SCAN_LIMIT, max(limit * 20, 500)))
         mine = [r for r in rows if r.metadata.get("tenant") == tenant and (status is None or r.status == status)]
         return mine[:limit]
 
@@ -123,13 +135,14 @@ class RunManager:
 
     async def _execute(self, run_id: str) -> None:
         try:
-            record = await self.store.get_run(run_id)
+            record = await self.db().get_run(run_id)
             reg = self.registry.get(str(record.metadata.get("workflow_name")))
             if reg is None:
                 log.warning("run %s names workflow %r, which this service does not serve; left as it is",
                             run_id, record.metadata.get("workflow_name"))
                 return
-            await self.engine.resume(run_id, reg.workflow)
+            engines = self.executors or [self.engine]
+            await engines[self.started_total % len(engines)].resume(run_id, reg.workflow)
         except RunOwnedElsewhere:
             pass  # another service runs it (or just finished it): the fencing did its job
         except UsageError as exc:
@@ -160,7 +173,7 @@ class RunManager:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(task), 30)
-            return await self.store.get_run(run_id)
+            return await self.db().get_run(run_id)
         with contextlib.suppress(ValueError):
             self.waiting.remove(run_id)
         # Owned by another live service: take the claim away; its heartbeat notices and stops.
@@ -170,12 +183,12 @@ class RunManager:
                       by: str) -> None:
         if record.status != "awaiting_approval" or step not in await self.waiting_steps(record):
             raise Conflict(f"step {step!r} of run {record.run_id} is not waiting for a decision")
-        await decide(record.run_id, step, approved=approved, edit=edit, by=by, note=note, store=self.store)
+        await decide(record.run_id, step, approved=approved, edit=edit, by=by, note=note, store=self.db())
         self.enqueue(record.run_id)
 
     async def waiting_steps(self, record: RunRecord) -> set[str]:
         """Approval steps started and not decided, and a tool re-run decision the run stopped on."""
-        steps = await self.store.load_steps(record.run_id)
+        steps = await self.db().load_steps(record.run_id)
         done = {s.key for s in steps if s.status == "completed"}
         waiting = {s.key for s in steps if s.kind == "approval" and s.status == "started" and s.key not in done}
         message = str((record.error or {}).get("message", ""))
@@ -189,7 +202,7 @@ class RunManager:
     async def recover(self) -> int:
         """Queue every service run whose owner is gone and that nobody here holds, oldest first."""
         found = []
-        for r in await self.store.list_runs(SCAN_LIMIT):
+        for r in await self.db().list_runs(SCAN_LIMIT):
             if r.status not in RECOVERABLE or "workflow_name" not in r.metadata:
                 continue
             if r.run_id in self.active or r.run_id in self.waiting:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("baton.server")
 KEEPALIVE_S = 15.0
 POLL_S = 2.0
+POOL = 4
 
 
 class Service:
@@ -41,6 +42,7 @@ class Service:
         self._keys = [(k.encode(), t) for k, t in config.keys.items()]
         self.runs: RunManager = None  # type: ignore[assignment]  # built in start(), on the loop
         self._tasks: list[asyncio.Task[Any]] = []
+        self._extra_stores: list[Any] = []
         self.stopped = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -48,11 +50,25 @@ class Service:
     async def start(self) -> None:
         from baton.models.resolve import provider_and_reason
         from baton.runtime.engine import Engine
+        from baton.stores import open_store, store_url_from_env
 
         await self.store.open()
         provider, _ = provider_and_reason(self.config.provider)
-        engine = Engine(store=self.store, provider=provider, sinks=[self.live, self.metrics.sink])
+        sinks: list[Any] = [self.live, self.metrics.sink]
+        engine = Engine(store=self.store, provider=provider, sinks=sinks)
         self.runs = RunManager(self.store, engine, self.registry, max_runs=self.config.max_runs)
+        url = store_url_from_env(self.config.store_url)  # store.url has its password masked
+        if url.startswith(("postgres", "redis", "rediss")):
+            # A networked store serializes a connection's commands: runs get connections of their own,
+            # so intake and reads are not queued behind the runs' journal writes.
+            for n in range(POOL + min(POOL, self.config.max_runs)):
+                extra = open_store(url)
+                await extra.open()
+                self._extra_stores.append(extra)
+                if n < POOL:
+                    self.runs.pool.append(extra)
+                else:
+                    self.runs.executors.append(Engine(store=extra, provider=provider, sinks=sinks))
         n = await self.runs.recover()
         log.info("baton serve: %d workflow(s), %d run(s) recovered", len(self.registry), n)
         self._tasks.append(asyncio.create_task(self.runs.sweep_forever(self.config.sweep_s)))
@@ -82,6 +98,9 @@ class Service:
             from baton.models.resolve import close_models
 
             await close_models()
+        for extra in self._extra_stores:
+            with contextlib.suppress(Exception):
+                await extra.close()
         await self.store.close()
 
     # --- tenants -------------------------------------------------------------------------------
@@ -160,7 +179,7 @@ class Service:
     async def _stored_end(self, run_id: str) -> bytes | None:
         """A closing event from the stored run, when it is not pending or running."""
         with contextlib.suppress(Exception):
-            r = await self.store.get_run(run_id)
+            r = await self.runs.db().get_run(run_id)
             if r.status in TERMINAL_STATUSES or r.status not in ACTIVE:
                 data = {"kind": "run.end", "run_id": run_id, "status": r.status, "error": r.error,
                         "from_store": True}
