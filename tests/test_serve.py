@@ -305,11 +305,10 @@ def test_kill9_mid_run_then_a_new_service_finishes_every_run_without_resending(
         model: FakeAnthropicServer, workflows: Path, pg_store: str, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:4]
     topics = {f"k{n}{tag}": None for n in range(6)}
-    start = len(model.requests)
     first = service(model, workflows, pg_store, tmp_path, "--max-runs", "3")
     with serving(first):
         ids = {first.submit("pipe3", t.replace(tag, "") + " " + tag): t for t in topics}
-        poll(lambda: sum(1 for r in model.requests[start:] if r.status == 200) >= 4, what="some calls answered")
+        poll(lambda: journaled_calls(pg_store, list(ids)) >= 2, what="some calls journaled")
         assert first.proc is not None
         first.proc.kill()  # SIGKILL: no checkpoint, no goodbye
         first.proc.wait(timeout=30)
@@ -336,12 +335,17 @@ def test_kill9_mid_run_then_a_new_service_finishes_every_run_without_resending(
     assert all(c == 1 for c in after.values()), after
 
 
+def journaled_calls(store: str, run_ids: list[str]) -> int:
+    return sum(1 for run_id in run_ids for s in stored_steps(store, run_id)
+               if s.kind == "model" and s.status == "completed")
+
+
 def stored_runs_by_id(store: str) -> dict[str, Any]:
     return {r.run_id: r for r in stored_runs(store)}
 
 
-def test_two_services_on_one_store_run_each_run_once(model: FakeAnthropicServer, workflows: Path,
-                                                    pg_store: str, tmp_path: Path) -> None:
+def test_two_services_on_one_store_run_each_run_once_and_take_over_from_a_dead_one(
+        model: FakeAnthropicServer, workflows: Path, pg_store: str, tmp_path: Path) -> None:
     start = len(model.requests)
     tag = uuid.uuid4().hex[:4]
     one = service(model, workflows, pg_store, tmp_path, "--max-runs", "2")
@@ -351,8 +355,23 @@ def test_two_services_on_one_store_run_each_run_once(model: FakeAnthropicServer,
         for run_id in ids:
             assert one.wait(run_id)["status"] == "succeeded"  # either service answers for any run
             assert two.call("GET", f"/v1/runs/{run_id}").body["status"] == "succeeded"
-    sent = Counter(i for r in model.requests[start:] if (i := _ident(r.text)))
-    assert len(sent) == 24 and set(sent.values()) == {1}, sent
+        sent = Counter(i for r in model.requests[start:] if (i := _ident(r.text)))
+        assert len(sent) == 24 and set(sent.values()) == {1}, sent
+
+        # Now one of them dies mid-run: the other's recovery sweep finishes its runs, unasked.
+        later = [one.submit("pipe3", f"k{n} {tag}") for n in range(10, 14)]
+        poll(lambda: journaled_calls(pg_store, later) >= 1, what="a call of the later runs journaled")
+        assert one.proc is not None
+        one.proc.kill()
+        one.proc.wait(timeout=30)
+        killed_at = _settle(model)
+        durable = {(s.name.upper(), f"k{n}") for n, run_id in zip(range(10, 14), later, strict=True)
+                   for s in stored_steps(pg_store, run_id) if s.kind == "model" and s.status == "completed"}
+        for run_id in later:
+            assert two.wait(run_id)["model_calls"] == 3
+    after = Counter(i for r in model.requests[killed_at:] if (i := _ident(r.text)))
+    assert not [i for i in durable if after[i]], (durable, after)
+    assert all(c == 1 for c in after.values()), after
 
 
 def test_sigterm_checkpoints_running_runs_and_the_next_service_resumes_them(
