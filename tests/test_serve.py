@@ -176,7 +176,11 @@ def test_api_run_is_stored_runs_and_shows_in_the_cli(model: FakeAnthropicServer,
 
 def test_bad_input_is_refused_with_a_json_error_and_nothing_stored(model: FakeAnthropicServer, workflows: Path,
                                                                    pg_store: str, tmp_path: Path) -> None:
-    with serving(service(model, workflows, pg_store, tmp_path, "--max-body", "4096")) as (srv,):
+    keys = tmp_path / "keys"
+    keys.write_text("# operators' keys\nkey-c = tenant-c\n")
+    with serving(service(model, workflows, pg_store, tmp_path, "--max-body", "4096", "--keys-file", str(keys))) \
+            as (srv,):
+        assert srv.call("GET", "/v1/runs", key="key-c").body == {"runs": []}  # from the keys file
         cases = [
             (srv.call("POST", "/v1/runs", raw=b'{"workflow": "pipe3",'), 400, "invalid_json"),
             (srv.call("POST", "/v1/runs", {"workflow": "nope", "input": "x"}), 404, "unknown_workflow"),
