@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from typing import Any
 
 import pytest
 
@@ -77,3 +78,53 @@ def test_webhook_signature_covers_the_timestamp_and_expires() -> None:
     assert not _signed(b"s", body, later, sign(now, body), 300)  # the timestamp is signed too
     assert not _signed(b"s", body, "", sign(now, body), 300)
     assert not _signed(b"s", body, now, sign(now, body).removeprefix("sha256="), 300)
+
+
+@pytest.mark.redis
+async def test_a_queue_message_is_acknowledged_only_once_its_run_is_stored(tmp_path: Any) -> None:
+    """With the store unreachable the message stays pending (neither acknowledged nor
+    dead-lettered); once the store answers, it is claimed again, stored, then acknowledged."""
+    import uuid
+
+    from _services import REDIS_URL, redis_problem
+
+    if problem := redis_problem():
+        pytest.skip(problem)
+    import redis.asyncio as redis_asyncio
+
+    from baton.runtime.engine import Engine
+    from baton.server.app import ServeConfig
+    from baton.server.queue import QueueConsumer
+    from baton.server.runs import RunManager
+    from baton.server.state import Service
+    from baton.stores.memory import MemoryStore
+
+    (tmp_path / "wf").mkdir()
+    (tmp_path / "wf" / "one.yaml").write_text(
+        "version: 1\nname: one\nagents: {a: {system: x, model: claude-haiku-4-5}}\n"
+        "workflow: {pattern: agent, agent: a}\n")
+    down = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"
+    svc = Service(ServeConfig(store_url=down, workflows_dir=str(tmp_path / "wf"), keys={"k": "t"}))
+    svc.runs = RunManager(svc.store, Engine(store=svc.store), svc.registry, max_runs=0)  # store, never run
+    stream = f"baton:unit:{uuid.uuid4().hex[:8]}"
+    base = REDIS_URL.split("?")[0]
+    consumer = QueueConsumer(f"{base}?stream={stream}&claim_idle_ms=0", svc)
+    await consumer.open()
+    r = redis_asyncio.from_url(base, decode_responses=True)
+    try:
+        msg_id = await r.xadd(stream, {"workflow": "one", "input": "hello"})
+        with pytest.raises(Exception, match="PostgreSQL"):
+            await consumer.poll_once(block_ms=100)
+        assert (await r.xpending(stream, "baton"))["pending"] == 1
+        assert await r.xlen(f"{stream}:dead") == 0
+
+        memory = MemoryStore("memory://")
+        svc.runs.store = memory  # the store is back
+        assert await consumer.poll_once(block_ms=100) == 1  # claimed again (a dead consumer's, or ours)
+        assert (await r.xpending(stream, "baton"))["pending"] == 0
+        runs = await memory.list_runs()
+        assert [(x.input, x.metadata["queue_message"]) for x in runs] == [("hello", msg_id)]
+    finally:
+        await r.delete(stream, f"{stream}:dead")
+        await r.aclose()
+        await consumer.client.aclose()
