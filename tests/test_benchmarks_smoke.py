@@ -27,6 +27,7 @@ SMALLEST = {
     "bench_faults.py": ["--runs", "5"],
     "bench_prompt_cache.py": ["--workers", "5", "--context-tokens", "2000", "--latency", "0.05"],
     "bench_observe.py": ["--n", "200", "--calls", "200", "--concurrency", "50", "--rounds", "1"],
+    "bench_serve.py": ["--runs", "30", "--clients", "5", "--subscribers", "3", "--latency", "0.05", "--cli-runs", "1"],
 }
 SUMMARY = {
     "bench_agent_call.py": "SUMMARY agent_call:",
@@ -36,6 +37,7 @@ SUMMARY = {
     "bench_faults.py": "SUMMARY faults:",
     "bench_prompt_cache.py": "SUMMARY prompt_cache:",
     "bench_observe.py": "SUMMARY observe:",
+    "bench_serve.py": "SUMMARY serve:",
 }
 
 

@@ -552,6 +552,10 @@ def _parser() -> argparse.ArgumentParser:
     _workflow_option(rp, "replay")
     store(rp)
     rp.set_defaults(fn=_cmd_replay)
+
+    from baton.server import add_serve_parser
+
+    add_serve_parser(sub)
     return p
 
 

@@ -123,6 +123,7 @@ SCHEMA: dict[str, Any] = {
         "version": {"const": 1},
         "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"},
         "description": {"type": "string"},
+        "input": {"type": "object", "description": "JSON Schema of the workflow's input (baton serve checks it)"},
         "defaults": {"$ref": "#/$defs/agent"},
         "agents": {"type": "object", "propertyNames": NAME, "additionalProperties": {"$ref": "#/$defs/agent"}},
         "tools": {"type": "object", "propertyNames": NAME, "additionalProperties": {"$ref": "#/$defs/tool"}},
