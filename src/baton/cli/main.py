@@ -419,6 +419,10 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("run_id")
     store(rp)
     rp.set_defaults(fn=_cmd_replay)
+
+    from baton.knowledge.cli import add_parser as add_index_parser
+
+    add_index_parser(sub)  # baton index WF.yaml
     return p
 
 

@@ -37,13 +37,23 @@ class YamlWorkflow:
     retry: Any = None
     spec: dict[str, Any] = field(default_factory=dict)
     nested: dict[str, YamlWorkflow] = field(default_factory=dict)
+    mcp: Any = None
+    """A ``baton.tools_mcp.McpBinding`` when agents use MCP servers: their tools are listed when a run starts."""
+    knowledge: dict[str, Any] = field(default_factory=dict)
+    """The workflow's knowledge bases by name (``baton.knowledge.KnowledgeBase``)."""
 
     @property
     def baton_ref(self) -> str:
         return f"yaml:{self.file}"
 
     async def __call__(self, ctx: Any, input: Any) -> Any:
-        return await self.root(ctx, input)
+        if self.mcp is None:
+            return await self.root(ctx, input)
+        await self.mcp.open()
+        try:
+            return await self.root(ctx, input)
+        finally:
+            await self.mcp.close()
 
 
 def _schema_problems(doc: Located) -> Problems:
@@ -91,6 +101,9 @@ class _Builder:
         self.tools: dict[str, Tool] = {}
         self.agents: dict[str, Agent] = {}
         self.nested: dict[str, YamlWorkflow] = {}
+        self.mcp_servers: dict[str, Any] = {}
+        self.mcp: Any = None
+        self.knowledge: dict[str, Any] = {}
 
     def problem(self, path: Path, message: str) -> None:
         self.problems.append(self.doc.error(path, message))
@@ -101,6 +114,11 @@ class _Builder:
         if str(self.base) not in sys.path:
             sys.path.insert(0, str(self.base))  # tools may live beside the workflow file
         for name, cfg in (self.data.get("tools") or {}).items():
+            if "mcp" in cfg:
+                from baton.tools_mcp import McpServer
+
+                self.mcp_servers[name] = McpServer.from_config(name, {**cfg, **cfg["mcp"]}, cwd=str(self.base))
+                continue
             try:
                 fn = _import_callable(cfg["python"])
             except (ImportError, AttributeError, ValueError) as exc:
@@ -123,11 +141,20 @@ class _Builder:
         for name, cfg in (self.data.get("agents") or {}).items():
             merged = {**defaults, **cfg}
             tools = []
+            mcp_refs: list[tuple[str, str | None]] = []
             for i, tname in enumerate(merged.pop("tools", []) or []):
+                server, _, remote = tname.partition(".")
                 if tname in self.tools:
                     tools.append(self.tools[tname])
+                elif server in self.mcp_servers:
+                    mcp_refs.append((server, remote or None))
                 elif tname not in (self.data.get("tools") or {}):
                     self.problem(("agents", name, "tools", i), f"agent {name!r} uses unknown tool {tname!r}")
+            for i, kb in enumerate(merged.pop("knowledge", []) or []):
+                if kb in self.knowledge:
+                    tools.append(self.knowledge[kb].search_tool())
+                else:
+                    self.problem(("agents", name, "knowledge", i), f"agent {name!r} uses unknown knowledge base {kb!r}")
             retry = merged.pop("retry", None)
             try:
                 if "output" in merged:
@@ -139,10 +166,26 @@ class _Builder:
                         continue
                 self.agents[name] = Agent(name=name, tools=tools,
                                           retry=RetryPolicy.from_dict(retry) if retry else None, **merged)
+                if mcp_refs:
+                    from baton.tools_mcp import McpBinding
+
+                    self.mcp = self.mcp or McpBinding(self.mcp_servers)
+                    self.mcp.add(self.agents[name], mcp_refs)
             except WorkflowError as exc:
                 self.problem(("agents", name, "retry"), str(exc))
             except Exception as exc:
                 self.problem(("agents", name), str(exc))
+
+    def build_knowledge(self) -> None:
+        if not self.data.get("knowledge"):
+            return
+        from baton.knowledge import KnowledgeBase
+
+        for name, cfg in self.data["knowledge"].items():
+            try:
+                self.knowledge[name] = KnowledgeBase.from_config(name, cfg, base_dir=str(self.base))
+            except BatonError as exc:
+                self.problem(("knowledge", name), str(exc))
 
     # --- references ------------------------------------------------------------------
 
@@ -351,6 +394,7 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
                             line=problems[0]["line"], field=problems[0]["field"], problems=problems)
     b = _Builder(doc, stack)
     b.build_tools()
+    b.build_knowledge()
     b.build_agents()
     root = b.pattern()
     data = doc.data
@@ -364,7 +408,7 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
         limits=Limits.from_dict(data.get("limits")),
         rate_limits={k: RateLimits.from_dict(v) for k, v in (data.get("rate_limits") or {}).items()},
         retry=RetryPolicy.from_dict(data["retry"]) if data.get("retry") else None,
-        spec=data, nested=b.nested,
+        spec=data, nested=b.nested, mcp=b.mcp, knowledge=b.knowledge,
     )
 
 
