@@ -265,3 +265,29 @@ def test_workflow_file_rejects_a_tool_with_both_python_and_mcp(tmp_path: Path) -
     with pytest.raises(WorkflowError) as err:
         load_workflow_file(wf)
     assert err.value.problems[0]["field"].startswith("tools.fs")
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+async def test_crash_is_retried_only_when_the_tool_is_marked_retryable(tmp_path: Path, retryable: bool) -> None:
+    path = _workflow(tmp_path, "[fs.crash_once]")
+    flag = "true" if retryable else "false"
+    path.write_text(path.read_text().replace("    mcp: {", f"    retryable: {flag}\n    mcp: {{"))
+    wf = load_workflow_file(path)
+    marker = tmp_path / "crashed.marker"
+    model = ScriptedModel([
+        Rule("survived|stopped during", reply=text("finished")),
+        Rule(None, reply=tool_call("fs__crash_once", {"marker": str(marker)})),
+    ])
+    result = await baton.run(wf, "go", store="memory://", model=model, sleep=_no_sleep)
+    assert result.status == "succeeded", result.error
+    (res,) = _tool_results(model)
+    if retryable:
+        assert not res.is_error and res.content == "survived"
+        assert _calls(tmp_path) == ["crash_once", "crash_once"]
+    else:
+        assert res.is_error and "stopped during the call" in str(res.content)
+        assert _calls(tmp_path) == ["crash_once"]
+
+
+async def _no_sleep(_s: float) -> None:
+    return None
