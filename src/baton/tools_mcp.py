@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +169,8 @@ class McpServer:
                                                     "max_restarts", "idempotent", "retryable") if k in cfg}
         if "timeout_s" in cfg:
             opts["timeout_s"] = cfg["timeout_s"]
+        if opts.get("command") in ("python", "python3"):
+            opts["command"] = sys.executable  # the interpreter (and environment) running baton
         base = cwd or os.getcwd()
         opts["cwd"] = os.path.join(base, cfg["cwd"]) if "cwd" in cfg else base
         return cls(name=name, **opts)

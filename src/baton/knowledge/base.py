@@ -11,6 +11,7 @@ never searches a stale index.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import time
@@ -120,9 +121,10 @@ class KnowledgeBase:
             return self._index
 
     def _rel(self, p: Path) -> str:
+        """The path passages cite: relative to the base folder (``../docs/x.md`` when outside it)."""
         try:
-            return p.resolve().relative_to(self.base_dir.resolve()).as_posix()
-        except ValueError:
+            return Path(os.path.relpath(p.resolve(), self.base_dir.resolve())).as_posix()
+        except ValueError:  # another drive (Windows)
             return p.resolve().as_posix()
 
     def _settings_tag(self) -> bytes:

