@@ -286,3 +286,32 @@ def test_baton_index_cli_is_incremental(tmp_path: Path) -> None:
     none = subprocess.run([sys.executable, "-m", "baton", "index", str(tmp_path / "absent.yaml")], env=env,
                           capture_output=True, text=True, timeout=60)
     assert none.returncode == 2 and "Traceback" not in none.stderr
+
+
+def _has_dense() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("sentence_transformers", "all_minilm_l6_v2"))
+
+
+@pytest.mark.skipif(_has_dense(), reason="the dense extra is installed here")
+def test_minilm_without_the_dense_extra_is_one_clear_error(tmp_path: Path) -> None:
+    _docs(tmp_path)
+    kb = KnowledgeBase("docs", "docs/**/*.md", base_dir=str(tmp_path), store="memory://", embedder="minilm")
+    with pytest.raises(UsageError, match=r"baton-agents\[dense\]"):
+        kb.refresh()
+
+
+@pytest.mark.skipif(not _has_dense(), reason="needs the dense extra: pip install 'baton-agents[dense]'")
+@pytest.mark.timeout(600)
+def test_minilm_embeds_offline_and_ranks_by_meaning(tmp_path: Path) -> None:
+    from baton.knowledge import MiniLMEmbedder
+
+    car, auto, fruit = MiniLMEmbedder().embed(["a fast car", "a quick automobile", "a ripe banana"])
+    assert len(car) == 384
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert dot(car, auto) > dot(car, fruit) + 0.2
+    _docs(tmp_path)
+    kb = KnowledgeBase("docs", "docs/**/*.md", base_dir=str(tmp_path), store="memory://", embedder="minilm")
+    # No shared keyword: only meaning connects the question to the pricing passage.
+    assert kb.search("what is the subscription fee", 1, mode="dense")[0].path == "docs/sub/faq.md"
