@@ -291,3 +291,18 @@ async def test_crash_is_retried_only_when_the_tool_is_marked_retryable(tmp_path:
 
 async def _no_sleep(_s: float) -> None:
     return None
+
+
+async def test_server_that_never_answers_at_start_fails_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    wf_path = tmp_path / "wf.yaml"
+    wf_path.write_text(
+        "version: 1\nname: mcp-mute\nagents:\n  a: {tools: [mute]}\n"
+        f"tools:\n  mute: {{mcp: {{command: '{sys.executable}', args: ['-c', 'import time; time.sleep(120)'], "
+        "connect_timeout_s: 2}}\nworkflow: {pattern: agent, agent: a}\n")
+    model = ScriptedModel([Rule(None, reply=text("never asked"))])
+    t0 = time.monotonic()
+    result = await asyncio.wait_for(baton.run(load_workflow_file(wf_path), "go", store="memory://", model=model), 60)
+    assert result.status == "failed"
+    assert "MCP server 'mute' did not answer within 2" in str(result.error)
+    assert model.call_count == 0
+    assert time.monotonic() - t0 < 30

@@ -66,7 +66,7 @@ class _Connection:
         try:
             await asyncio.wait_for(self._ready.wait(), self.server.connect_timeout_s)
         except TimeoutError:
-            await self.close()
+            await self.close(graceful=False)
             raise ToolError(f"MCP server {self.server.name!r} did not answer within "
                             f"{self.server.connect_timeout_s}s of starting", tool=self.server.name) from None
         if self.error is not None:
@@ -91,12 +91,15 @@ class _Connection:
             self.session = None
             self._ready.set()
 
-    async def close(self) -> None:
+    async def close(self, *, graceful: bool = True) -> None:
+        """End the session: ``graceful`` lets it finish its shutdown first (a hung start is cancelled at once)."""
         self._stop.set()
         task = self._task
         if task is None or task.done():
             return
         try:
+            if not graceful:
+                raise TimeoutError
             await asyncio.wait_for(asyncio.shield(task), self.server.close_timeout_s)
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
