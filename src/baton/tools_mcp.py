@@ -164,6 +164,8 @@ class McpServer:
     def __post_init__(self) -> None:
         if (self.command is None) == (self.url is None):
             raise UsageError(f"MCP server {self.name!r} needs exactly one of command or url")
+        if self.command in ("python", "python3"):
+            self.command = sys.executable  # the interpreter (and packages) running baton
 
     @classmethod
     def from_config(cls, name: str, cfg: dict[str, Any], *, cwd: str | None = None) -> McpServer:
@@ -172,8 +174,6 @@ class McpServer:
                                                     "max_restarts", "idempotent", "retryable") if k in cfg}
         if "timeout_s" in cfg:
             opts["timeout_s"] = cfg["timeout_s"]
-        if opts.get("command") in ("python", "python3"):
-            opts["command"] = sys.executable  # the interpreter (and environment) running baton
         base = cwd or os.getcwd()
         opts["cwd"] = os.path.join(base, cfg["cwd"]) if "cwd" in cfg else base
         return cls(name=name, **opts)
