@@ -306,3 +306,30 @@ async def test_server_that_never_answers_at_start_fails_the_run_with_a_clear_err
     assert "MCP server 'mute' did not answer within 2" in str(result.error)
     assert model.call_count == 0
     assert time.monotonic() - t0 < 30
+
+
+async def test_mcp_calls_are_events_and_sinks_redact_their_output(tmp_path: Path) -> None:
+    from baton.observe import JSONLSink
+    from baton.observe.redact import clear_secrets, register_secret
+
+    wf = load_workflow_file(_workflow(tmp_path, "[fs.read_file]"))
+    secret = "tangerine"
+    register_secret(secret)
+    log = tmp_path / "events.jsonl"
+    model = ScriptedModel([
+        Rule("tangerine", reply=text("read it")),
+        Rule(None, reply=tool_call("fs__read_file", {"path": "note.txt"})),
+    ])
+    try:
+        sink = JSONLSink(log, capture="full")
+        result = await baton.run(wf, "go", store="memory://", model=model, sinks=[sink])
+        sink.close()
+    finally:
+        clear_secrets()
+    assert result.status == "succeeded", result.error
+    assert secret in str(_tool_results(model)[0].content)  # the model got the real text
+    events = [orjson.loads(line) for line in log.read_text().splitlines()]
+    calls = [e for e in events if e["kind"] == "tool.call" and e["tool"] == "fs__read_file"]
+    results = [e for e in events if e["kind"] == "tool.result" and e["tool"] == "fs__read_file"]
+    assert len(calls) == 1 and len(results) == 1 and results[0]["is_error"] is False
+    assert secret not in log.read_text()  # redacted in the sink
