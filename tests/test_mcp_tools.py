@@ -333,3 +333,21 @@ async def test_mcp_calls_are_events_and_sinks_redact_their_output(tmp_path: Path
     results = [e for e in events if e["kind"] == "tool.result" and e["tool"] == "fs__read_file"]
     assert len(calls) == 1 and len(results) == 1 and results[0]["is_error"] is False
     assert secret not in log.read_text()  # redacted in the sink
+
+
+async def test_restart_budget_is_per_run_in_a_long_lived_process(tmp_path: Path) -> None:
+    path = _workflow(tmp_path, "[fs]")
+    path.write_text(path.read_text().replace("cwd: '", "max_restarts: 0, cwd: '"))
+    wf = load_workflow_file(path)  # one workflow object, two runs on one event loop (as in a service)
+    first = ScriptedModel([
+        Rule("keeps failing", reply=text("gave up")),
+        Rule("stopped during the call", reply=tool_call("fs__read_file", {"path": "note.txt"}), times=1),
+        Rule(None, reply=tool_call("fs__crash", {}), times=1),
+    ])
+    assert (await baton.run(wf, "go", store="memory://", model=first)).output == "gave up"
+    second = ScriptedModel([
+        Rule("tangerine", reply=text("fine again")),
+        Rule(None, reply=tool_call("fs__read_file", {"path": "note.txt"})),
+    ])
+    result = await baton.run(wf, "go", store="memory://", model=second)
+    assert result.output == "fine again", _tool_results(second)

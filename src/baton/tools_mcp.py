@@ -151,7 +151,7 @@ class McpServer:
     connect_timeout_s: float = 30.0
     close_timeout_s: float = 5.0
     max_restarts: int = 3
-    """Crashes tolerated per event loop (one run) before calls fail with a clear error."""
+    """Restarts after crashes, per run (until ``close()``), before calls fail with a clear error."""
     idempotent: bool | None = None
     retryable: bool | None = None
     """None: from the server's hints (``readOnlyHint``/``idempotentHint``)."""
@@ -221,8 +221,13 @@ class McpServer:
             return conn
 
     async def close(self) -> None:
-        """Stop the server (stdio) or end the session (HTTP); the next call starts a new one."""
+        """Stop the server (stdio) or end the session (HTTP); the next call starts a new one.
+
+        The crash count starts again too: ``max_restarts`` is per run, also in a long-lived
+        process (a service) that runs many workflows on one event loop.
+        """
         conn, self._conn = self._conn, None
+        self._crashes = 0
         if conn is not None and self._loop is asyncio.get_running_loop():
             await conn.close()
 
