@@ -315,3 +315,11 @@ def test_minilm_embeds_offline_and_ranks_by_meaning(tmp_path: Path) -> None:
     kb = KnowledgeBase("docs", "docs/**/*.md", base_dir=str(tmp_path), store="memory://", embedder="minilm")
     # No shared keyword: only meaning connects the question to the pricing passage.
     assert kb.search("what is the subscription fee", 1, mode="dense")[0].path == "docs/sub/faq.md"
+
+
+def test_a_new_sqlite_index_file_is_private(tmp_path: Path) -> None:
+    _docs(tmp_path)
+    db = tmp_path / "private" / "kb.db"
+    KnowledgeBase("docs", "docs/**/*.md", base_dir=str(tmp_path), store=f"sqlite:///{db}").refresh()
+    assert db.stat().st_mode & 0o777 == 0o600
+    assert db.parent.stat().st_mode & 0o777 == 0o700

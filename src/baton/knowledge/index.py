@@ -9,6 +9,7 @@ nothing a model types can break the query syntax.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -79,8 +80,13 @@ CREATE VIRTUAL TABLE IF NOT EXISTS baton_kb_fts USING fts5(heading, text, kb UNI
 
 class SqliteIndex:
     def __init__(self, path: str) -> None:
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if path != ":memory:" and not Path(path).exists():
+                # Created as the store would be: private to its owner (the index holds document text).
+                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot create the knowledge index {path!r}: {exc.strerror}") from exc
         try:
             self.conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA busy_timeout = 30000")
