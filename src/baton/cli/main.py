@@ -420,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
     store(rp)
     rp.set_defaults(fn=_cmd_replay)
 
-    from baton.knowledge.cli import add_parser as add_index_parser
+    from baton.cli.index import add_parser as add_index_parser
 
     add_index_parser(sub)  # baton index WF.yaml
     return p
