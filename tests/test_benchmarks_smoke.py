@@ -26,6 +26,7 @@ SMALLEST = {
     "bench_rate_limits.py": ["--calls", "30"],
     "bench_faults.py": ["--runs", "5"],
     "bench_prompt_cache.py": ["--workers", "5", "--context-tokens", "2000", "--latency", "0.05"],
+    "bench_retrieval.py": ["--repeats", "1"],
     "bench_observe.py": ["--n", "200", "--calls", "200", "--concurrency", "50", "--rounds", "1"],
     "bench_serve.py": ["--runs", "30", "--clients", "5", "--subscribers", "3", "--latency", "0.05", "--cli-runs", "1"],
 }
@@ -38,6 +39,7 @@ SUMMARY = {
     "bench_prompt_cache.py": "SUMMARY prompt_cache:",
     "bench_observe.py": "SUMMARY observe:",
     "bench_serve.py": "SUMMARY serve:",
+    "bench_retrieval.py": "SUMMARY retrieval:",
 }
 
 

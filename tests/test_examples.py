@@ -66,6 +66,12 @@ CASES: dict[str, tuple[str, str, list[Rule]]] = {
         Rule(r"greet the customer[\s\S]*Handoff to refunds recorded", reply=text("Passing you to refunds.")),
         Rule(r"greet the customer", reply=tool_call("transfer_to_refunds",
                                                      {"asked": "refund", "found": {}, "next": "refund it"}))]),
+    "mcp_tools": ("mcp_tools/notes.yaml", "What latency did the load test show?", [
+        Rule(r"meeting notes[\s\S]*340 ms", reply=text("p99 was 340 ms at 2,000 rps (standup-2026-03-03.txt).")),
+        Rule(r"meeting notes", reply=tool_call("notes__grep_notes", {"word": "latency"}))]),
+    "rag": ("rag/docs_qa.yaml", "How does resume avoid paying twice?", [
+        Rule(r"from its documentation[\s\S]*\"passages\"", reply=text("Completed steps are replayed [docs/durability.md:3-6].")),
+        Rule(r"from its documentation", reply=tool_call("search_docs", {"query": "resume completed steps journal"}))]),
     "fallback": ("fallback/summary.yaml", "Long text about tides.", [
         Rule(r"Check that a summary", reply=json_reply({"valid": True, "reasons": []})),
         Rule(r"Summarise the text", reply=text("Tides follow the moon."))]),
@@ -86,7 +92,9 @@ def test_every_example_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-async def test_example_runs_against_the_fake_api(name: str, server: FakeAnthropicServer) -> None:
+async def test_example_runs_against_the_fake_api(name: str, server: FakeAnthropicServer, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON_STORE", f"sqlite:///{tmp_path / 'baton.db'}")  # where knowledge indexes go
     path, input_text, rules = CASES[name]
     server.reset()
     server.rules.clear()
@@ -121,6 +129,11 @@ async def test_example_runs_against_the_fake_api(name: str, server: FakeAnthropi
         assert result.output == {"fix": "add index"}
     if name == "handoffs":
         assert result.output["chain"] == ["receptionist", "refunds"]
+    if name in ("mcp_tools", "rag"):
+        # The tool really ran: its answer went back to the model.
+        sent = str(server.requests[-1].body)
+        assert ("standup-2026-03-03.txt: - Chen: load test" in sent) if name == "mcp_tools" else (
+            "docs/durability.md:" in sent)
 
 
 async def test_hierarchical_example_nests_an_orchestrator(server: FakeAnthropicServer) -> None:

@@ -556,6 +556,10 @@ def _parser() -> argparse.ArgumentParser:
     from baton.server import add_serve_parser
 
     add_serve_parser(sub)
+
+    from baton.cli.index import add_parser as add_index_parser
+
+    add_index_parser(sub)  # baton index WF.yaml
     return p
 
 

@@ -48,13 +48,23 @@ class YamlWorkflow:
     nested: dict[str, YamlWorkflow] = field(default_factory=dict)
     sha256: str = ""
     """The file's content hash: a run records it, and resume refuses the file once it changed."""
+    mcp: Any = None
+    """A ``baton.tools_mcp.McpBinding`` when agents use MCP servers: their tools are listed when a run starts."""
+    knowledge: dict[str, Any] = field(default_factory=dict)
+    """The workflow's knowledge bases by name (``baton.knowledge.KnowledgeBase``)."""
 
     @property
     def baton_ref(self) -> str:
         return f"yaml:{self.file}"
 
     async def __call__(self, ctx: Any, input: Any) -> Any:
-        return await self.root(ctx, input)
+        if self.mcp is None:
+            return await self.root(ctx, input)
+        await self.mcp.open()
+        try:
+            return await self.root(ctx, input)
+        finally:
+            await self.mcp.close()
 
 
 def _schema_problems(doc: Located) -> Problems:
@@ -116,6 +126,9 @@ class _Builder:
         self.tools: dict[str, Tool] = {}
         self.agents: dict[str, Agent] = {}
         self.nested: dict[str, YamlWorkflow] = {}
+        self.mcp_servers: dict[str, Any] = {}
+        self.mcp: Any = None
+        self.knowledge: dict[str, Any] = {}
 
     def problem(self, path: Path, message: str) -> None:
         self.problems.append(self.doc.error(path, message))
@@ -125,6 +138,11 @@ class _Builder:
     def build_tools(self) -> None:
         _allow_imports_from(self.base)
         for name, cfg in (self.data.get("tools") or {}).items():
+            if "mcp" in cfg:
+                from baton.tools_mcp import McpServer
+
+                self.mcp_servers[name] = McpServer.from_config(name, {**cfg, **cfg["mcp"]}, cwd=str(self.base))
+                continue
             try:
                 fn = import_callable(cfg["python"])
             except (ImportError, AttributeError, ValueError) as exc:
@@ -148,11 +166,20 @@ class _Builder:
         for name, cfg in (self.data.get("agents") or {}).items():
             merged = {**defaults, **cfg}
             tools = []
+            mcp_refs: list[tuple[str, str | None]] = []
             for i, tname in enumerate(merged.pop("tools", []) or []):
+                server, _, remote = tname.partition(".")
                 if tname in self.tools:
                     tools.append(self.tools[tname])
+                elif server in self.mcp_servers:
+                    mcp_refs.append((server, remote or None))
                 elif tname not in (self.data.get("tools") or {}):
                     self.problem(("agents", name, "tools", i), f"agent {name!r} uses unknown tool {tname!r}")
+            for i, kb in enumerate(merged.pop("knowledge", []) or []):
+                if kb in self.knowledge:
+                    tools.append(self.knowledge[kb].search_tool())
+                else:
+                    self.problem(("agents", name, "knowledge", i), f"agent {name!r} uses unknown knowledge base {kb!r}")
             retry = merged.pop("retry", None)
             try:
                 if "output" in merged:
@@ -164,10 +191,26 @@ class _Builder:
                         continue
                 self.agents[name] = Agent(name=name, tools=tools,
                                           retry=RetryPolicy.from_dict(retry) if retry else None, **merged)
+                if mcp_refs:
+                    from baton.tools_mcp import McpBinding
+
+                    self.mcp = self.mcp or McpBinding(self.mcp_servers)
+                    self.mcp.add(self.agents[name], mcp_refs)
             except WorkflowError as exc:
                 self.problem(("agents", name, "retry"), str(exc))
             except Exception as exc:
                 self.problem(("agents", name), str(exc))
+
+    def build_knowledge(self) -> None:
+        if not self.data.get("knowledge"):
+            return
+        from baton.knowledge import KnowledgeBase
+
+        for name, cfg in self.data["knowledge"].items():
+            try:
+                self.knowledge[name] = KnowledgeBase.from_config(name, cfg, base_dir=str(self.base))
+            except BatonError as exc:
+                self.problem(("knowledge", name), str(exc))
 
     # --- references ------------------------------------------------------------------
 
@@ -379,6 +422,7 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
                             line=problems[0]["line"], field=problems[0]["field"], problems=problems)
     b = _Builder(doc, stack)
     b.build_tools()
+    b.build_knowledge()
     b.build_agents()
     root = b.pattern()
     data = doc.data
@@ -400,7 +444,8 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
         raise WorkflowError(problem["message"], file=problem["file"], line=problem["line"],
                             field=problem["field"]) from None
     return YamlWorkflow(name=data["name"], file=doc.file, root=root, agents=b.agents, limits=limits,
-                        rate_limits=rate_limits, retry=retry, breaker=breaker, spec=data, nested=b.nested)
+                        rate_limits=rate_limits, retry=retry, breaker=breaker, spec=data, nested=b.nested,
+                        mcp=b.mcp, knowledge=b.knowledge)
 
 
 def sha256_hex(data: bytes) -> str:

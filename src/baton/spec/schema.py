@@ -29,7 +29,11 @@ AGENT_PROPS: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1},
     "system": {"type": "string"},
     "description": {"type": "string"},
-    "tools": {"type": "array", "items": NAME, "uniqueItems": True},
+    "tools": {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}(\\.[A-Za-z0-9_./-]{1,128})?$",
+                                         "description": "a tool, an MCP server (all its tools) or SERVER.TOOL"},
+              "uniqueItems": True},
+    "knowledge": {"type": "array", "items": NAME, "uniqueItems": True,
+                  "description": "knowledge bases this agent can search (one search_NAME tool each)"},
     "output": {"type": "object", "description": "JSON Schema of the agent's structured output"},
     "max_tokens": POS_INT,
     "temperature": {"type": "number", "minimum": 0, "maximum": 1},
@@ -41,6 +45,38 @@ AGENT_PROPS: dict[str, Any] = {
     "fallback_models": {"type": "array", "items": {"type": "string"}},
     "cache_prompt": {"type": "boolean"},
     "task_type": {"enum": ["classification", "extraction", "formatting", "synthesis", "reasoning"]},
+}
+
+MCP = {
+    "type": "object", "additionalProperties": False,
+    "description": "an MCP server: command + args (stdio) or url (streamable HTTP)",
+    "oneOf": [{"required": ["command"]}, {"required": ["url"]}],
+    "properties": {
+        "command": {"type": "string", "minLength": 1},
+        "args": {"type": "array", "items": {"type": "string"}},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "cwd": {"type": "string"},
+        "url": {"type": "string", "pattern": "^https?://"},
+        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+        "connect_timeout_s": POS_NUM,
+        "max_restarts": {"type": "integer", "minimum": 0},
+    },
+}
+
+KNOWLEDGE = {
+    "type": "object", "additionalProperties": False, "required": ["path"],
+    "properties": {
+        "path": {"oneOf": [{"type": "string", "minLength": 1},
+                           {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}],
+                 "description": "glob(s) relative to the workflow file, e.g. docs/**/*.md"},
+        "description": {"type": "string"},
+        "store": {"type": "string", "description": "index store URL (default: BATON_STORE or the default store)"},
+        "retrieval": {"enum": ["bm25", "dense", "hybrid"]},
+        "embedder": {"type": "string", "description": "module:callable returning an embedder, or 'minilm'"},
+        "chunk_chars": {"type": "integer", "minimum": 200},
+        "overlap_chars": {"type": "integer", "minimum": 0},
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 50},
+    },
 }
 
 REF = {
@@ -132,12 +168,15 @@ SCHEMA: dict[str, Any] = {
         "rate_limits": {"type": "object", "additionalProperties": {"$ref": "#/$defs/rate_limit"}},
         "retry": {"$ref": "#/$defs/retry"},
         "breaker": {"$ref": "#/$defs/breaker"},
+        "knowledge": {"type": "object", "propertyNames": NAME, "additionalProperties": {"$ref": "#/$defs/knowledge"}},
     },
     "$defs": {
         "agent": {"type": "object", "additionalProperties": False, "properties": AGENT_PROPS},
-        "tool": {"type": "object", "additionalProperties": False, "required": ["python"], "properties": {
+        "tool": {"type": "object", "additionalProperties": False,
+                 "oneOf": [{"required": ["python"]}, {"required": ["mcp"]}], "properties": {
             "python": {"type": "string", "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
                        "description": "module.path:function"},
+            "mcp": MCP,
             "description": {"type": "string"},
             "timeout_s": POS_NUM,
             "idempotent": {"type": "boolean"},
@@ -145,6 +184,7 @@ SCHEMA: dict[str, Any] = {
             "max_result_chars": POS_INT,
         }},
         "ref": REF,
+        "knowledge": KNOWLEDGE,
         "retry": RETRY,
         "limits": LIMITS,
         "rate_limit": RATE_LIMIT,
