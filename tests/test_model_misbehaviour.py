@@ -394,6 +394,22 @@ async def test_worker_names_and_routes_follow_one_rule(server: FakeAnthropicServ
         Orchestrator(agent("planner"), {"Writer": agent("a"), "writer": agent("b")})
 
 
+async def test_bus_names_follow_the_same_rule(server: FakeAnthropicServer, model: AnthropicModel) -> None:
+    from baton.patterns.bus import Bus
+
+    async def planner(ctx: baton.RunContext, msg: Any) -> list[dict[str, Any]]:
+        return [{"type": " DRAFT ", "recipient": "Writer", "payload": "outline"}]
+
+    server.add_rule(r"^You are writer", reply=json_reply({"messages": [{"type": "report", "recipient": "",
+                                                                        "payload": "the report"}], "final": None}))
+    bus = Bus({"planner": planner, "writer": agent("writer")}, {"planner": ["task"], "writer": ["draft"]},
+              start={"type": "task", "to": "planner"}, terminal=["report"])
+    result = await run(bus, "x", model)
+    assert result.status == "succeeded", result.error
+    assert result.output == "the report"
+    assert served(server) == ["writer"]
+
+
 # --- budget message --------------------------------------------------------------------------------
 
 
