@@ -141,13 +141,15 @@ def _load_workflow(ref: str) -> Any:
     from baton.runtime.budget import Limits
     from baton.runtime.engine import load_workflow
     from baton.spec import load_workflow_file
+    from baton.spec.build import DEFAULT_MAX_MODEL_CALLS
 
     if Path(ref).suffix in (".yaml", ".yml") or Path(ref).is_file():
         return load_workflow_file(ref), None
     if ":" in ref:
         sys.path.insert(0, os.getcwd())
         try:
-            return load_workflow(f"py:{ref}"), Limits()
+            # The same ceiling on model calls as a workflow file without limits.max_model_calls.
+            return load_workflow(f"py:{ref}"), Limits(max_model_calls=DEFAULT_MAX_MODEL_CALLS)
         except (ImportError, AttributeError) as exc:
             raise UsageError(f"cannot import workflow {ref!r}: {exc}") from exc
     raise UsageError(f"workflow {ref!r} is neither a YAML file nor module:function")
