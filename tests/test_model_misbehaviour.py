@@ -27,7 +27,7 @@ from baton.patterns.pipeline import Pipeline
 from baton.patterns.refine import Refine
 from baton.patterns.router import Router
 from baton.stores.memory import MemoryStore
-from baton.testing import FakeAnthropicServer, Rule, json_reply, text, tool_call
+from baton.testing import FakeAnthropicServer, Fault, Rule, json_reply, text, tool_call
 from baton.tools import tool
 
 ANSWER = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
@@ -321,6 +321,21 @@ async def test_refine_with_require_approval_fails_without_approval(server: FakeA
     assert served(server) == ["writer", "critic", "writer", "critic"]
 
 
+async def test_a_resumed_run_keeps_the_refine_warning(server: FakeAnthropicServer, model: AnthropicModel) -> None:
+    _refine_rules(server)
+    server.add_rule(r"^You are publisher", fault=Fault.status(400), times=1)
+    server.add_rule(r"^You are publisher", reply=text("published"))
+    flow = Pipeline([Refine(agent("writer"), [agent("critic")], max_rounds=1, name="essay"), agent("publisher")])
+    store = MemoryStore()
+    first = await baton.run(flow, "x", store=store, model=model)
+    assert first.status == "failed" and [w["code"] for w in first.warnings] == ["not_approved"]
+    second = await baton.resume(first.run_id, flow, store=store, model=model)
+    assert second.status == "succeeded" and second.output == "published"
+    assert second.warnings == first.warnings
+    assert (await store.get_run(first.run_id)).metadata["warnings"] == first.warnings
+    assert [who(r) for r in server.requests] == ["writer", "critic", "publisher", "publisher"]
+
+
 # --- fan-out over model output -----------------------------------------------------------------
 
 
@@ -392,6 +407,22 @@ async def test_worker_names_and_routes_follow_one_rule(server: FakeAnthropicServ
         Router(agent("classifier"), {"Tech": agent("a"), "tech": agent("b")})
     with pytest.raises(UsageError, match="differ only in case or spacing"):
         Orchestrator(agent("planner"), {"Writer": agent("a"), "writer": agent("b")})
+
+
+async def test_bus_names_follow_the_same_rule(server: FakeAnthropicServer, model: AnthropicModel) -> None:
+    from baton.patterns.bus import Bus
+
+    async def planner(ctx: baton.RunContext, msg: Any) -> list[dict[str, Any]]:
+        return [{"type": " DRAFT ", "recipient": "Writer", "payload": "outline"}]
+
+    server.add_rule(r"^You are writer", reply=json_reply({"messages": [{"type": "report", "recipient": "",
+                                                                        "payload": "the report"}], "final": None}))
+    bus = Bus({"planner": planner, "writer": agent("writer")}, {"planner": ["task"], "writer": ["draft"]},
+              start={"type": "task", "to": "planner"}, terminal=["report"])
+    result = await run(bus, "x", model)
+    assert result.status == "succeeded", result.error
+    assert result.output == "the report"
+    assert served(server) == ["writer"]
 
 
 # --- budget message --------------------------------------------------------------------------------

@@ -187,6 +187,7 @@ def _load_workflow(ref: str) -> Any:
     from baton.runtime.budget import Limits
     from baton.runtime.workflows import check_signature
     from baton.spec import load_workflow_file
+    from baton.spec.build import DEFAULT_MAX_MODEL_CALLS
 
     if Path(ref).suffix in (".yaml", ".yml") or Path(ref).is_file():
         return load_workflow_file(ref), None
@@ -200,7 +201,8 @@ def _load_workflow(ref: str) -> Any:
         except (ImportError, AttributeError, ValueError) as exc:
             raise UsageError(f"cannot import workflow {ref!r}: {exc}") from exc
         check_signature(workflow, ref)
-        return workflow, Limits()
+        # The same ceiling on model calls as a workflow file without limits.max_model_calls.
+        return workflow, Limits(max_model_calls=DEFAULT_MAX_MODEL_CALLS)
     raise UsageError(f"workflow {ref!r} is neither a YAML file nor module:function")
 
 

@@ -414,7 +414,11 @@ class Engine:
         record.output, record.error = output, error
         record.usage, record.cost_usd, record.model_calls = budget.usage.to_dict(), budget.cost_usd, budget.model_calls
         record.owner = None  # released: the next resume needs no takeover
-        record.metadata["warnings"] = list(runtime.warnings)  # this execution's, replayed steps included
+        # This execution's warnings (a resume replays the steps that raised earlier ones).
+        if runtime.warnings:
+            record.metadata["warnings"] = list(runtime.warnings)
+        else:
+            record.metadata.pop("warnings", None)
         if not isinstance(pending, RunOwnedElsewhere):  # a displaced owner leaves the run to the new one
             try:
                 await store.update_run(record, transition=status, detail={"error": error} if error else {},
