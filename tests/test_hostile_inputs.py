@@ -192,6 +192,14 @@ async def test_python_workflows_resume_when_named_or_registered() -> None:
     named = await baton.run(one, None, store=store)
     assert (await store.get_run(named.run_id)).workflow == "registered:hostile-one"
 
+    async def one_arg(ctx: Any) -> Any:
+        return 1
+
+    listed = len(await store.list_runs(100))
+    with pytest.raises(UsageError, match="takes two arguments"):
+        await baton.run(one_arg, None, store=store, run_id="wrong-signature")
+    assert len(await store.list_runs(100)) == listed  # refused before anything was recorded
+
 
 # --- the workflow folder is not first on sys.path -------------------------------------
 
