@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import subprocess
@@ -205,6 +206,12 @@ def test_bad_input_is_refused_with_a_json_error_and_nothing_stored(model: FakeAn
         assert "input.depth" in cases[3][0].body["error"]["message"]
         assert stored_runs(pg_store) == []
         assert srv.call("GET", "/v1/health", key=None).body == {"status": "ok"}
+
+        clash = subprocess.run([sys.executable, "-m", "baton", "serve", "--port", str(srv.port), "--workflows",
+                                str(workflows), "--store", pg_store], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "BATON_API_KEYS": "k=t"})
+        assert clash.returncode == 2, clash.stderr
+        assert "cannot listen on" in clash.stderr and "Traceback" not in clash.stderr
 
 
 def test_idempotency_key_returns_the_same_run(model: FakeAnthropicServer, workflows: Path, pg_store: str,

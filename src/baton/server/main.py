@@ -35,10 +35,12 @@ def _config(args: argparse.Namespace) -> Any:
 async def serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
-    except ImportError:
-        raise UsageError("baton serve needs the server extra: pip install 'baton-agents[server]'") from None
+
+        from baton.server.app import create_app
+    except ImportError as exc:
+        raise UsageError(f"baton serve needs the server extra ({exc.name} is missing): "
+                         f"pip install 'baton-agents[server]'") from None
     from baton.observe.redact import register_env_secrets
-    from baton.server.app import create_app
 
     register_env_secrets()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="baton: %(message)s")
@@ -61,8 +63,10 @@ async def serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             lifespan="on", timeout_graceful_shutdown=10)
     server = Server(config)
-    await server.serve()
-    if getattr(server, "started", True) is False:
-        return 1
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn could not bind (it has printed why): not a budget stop (its code 3)
+        await service.stop()
+        raise UsageError(f"cannot listen on {args.host}:{args.port} (address in use or not permitted)") from None
     sys.stderr.write("baton: serve stopped\n")
     return 0
