@@ -10,9 +10,10 @@ spent. Tool calls get the same treatment minus tokens. Patterns never see any of
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -339,13 +340,15 @@ class Runtime:
                                         "messages": [message_to_dict(m) for m in wire.messages]}
                 self.emit(ev.MODEL_REQUEST, span, ctx.span_id, data)
             t0 = time.perf_counter()
-            task = asyncio.ensure_future(binding.model.complete(wire))
+            # The request runs as its own task, so cancelling the caller does not abort a request
+            # already on the wire (the provider bills it): see ``_adopt``.
+            task, answer = _detached(binding.model.complete(wire))
             try:
                 if wire.timeout_s is None:
-                    response = await asyncio.shield(task)
+                    response = await answer
                 else:
                     async with asyncio.timeout(wire.timeout_s):
-                        response = await asyncio.shield(task)
+                        response = await answer
             except TimeoutError as exc:
                 task.cancel()
                 raise ProviderTimeout(f"model call to {call.model_id} timed out after {wire.timeout_s}s",
@@ -569,6 +572,31 @@ class _Call:
     fingerprint: dict[str, str] | None
     adopted: bool = False
     """The current attempt's caller was cancelled with its request on the wire (see ``_adopt``)."""
+
+
+def _detached(coro: Coroutine[Any, Any, ModelResponse]) -> tuple[asyncio.Task[ModelResponse],
+                                                                  asyncio.Future[ModelResponse]]:
+    """``coro`` as a task, and a future that follows it: cancelling the future (the caller)
+    leaves the task running. A lighter ``asyncio.shield`` (one callback, no second future
+    watching the first)."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(coro)
+    answer: asyncio.Future[ModelResponse] = loop.create_future()
+    task.add_done_callback(functools.partial(_relay, answer))
+    return task, answer
+
+
+def _relay(answer: asyncio.Future[ModelResponse], task: asyncio.Task[ModelResponse]) -> None:
+    if answer.done():  # the caller is gone (cancelled, timed out): ``_adopt`` bills any answer
+        if not task.cancelled():
+            task.exception()  # marks a failure seen: it was handled where the caller went
+        return
+    if task.cancelled():
+        answer.cancel()
+    elif (exc := task.exception()) is not None:
+        answer.set_exception(exc)
+    else:
+        answer.set_result(task.result())
 
 
 IN_FLIGHT_GRACE_S = 10.0
