@@ -61,6 +61,12 @@ class Agent:
     """Mark the system prompt and tools as an Anthropic prompt-cache prefix."""
     task_type: str | None = None
     """classification / extraction / formatting / synthesis / reasoning: used by model routing."""
+    tool_choice: str | None = None
+    """The first turn only: ``any`` (call one of the tools), a tool's name (call that one), or
+    ``auto``/None (the model decides). Later turns are free, so the agent can still answer."""
+    sections: list[str] | None = None
+    """The answer is Markdown with exactly these ``## `` headings, in this order (the system
+    prompt says so; the embedded local model decodes it under a grammar)."""
     _version: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +78,9 @@ class Agent:
             raise UsageError(f"agent {self.name!r}: the tool name {FINAL_TOOL!r} is reserved for structured output")
         if self.output is not None:
             schema_of(self.output)  # fail now, not on first call
+        if self.tool_choice not in (None, "auto", "any", *names):
+            raise UsageError(f"agent {self.name!r}: tool_choice {self.tool_choice!r} is not 'auto', 'any' "
+                             f"or one of its tools ({', '.join(names) or 'it has none'})")
 
     @property
     def output_schema(self) -> dict[str, Any] | None:
@@ -91,12 +100,12 @@ class Agent:
     def prompt_version(self) -> str:
         """Hash of system prompt, tool schemas, output schema and model: what a prompt change changes."""
         if self._version is None:
-            payload = orjson.dumps(
-                {"system": self.system, "model": self.model,
-                 "tools": [(t.name, t.description, t.input_schema) for t in self.tools],
-                 "output": self.output_schema},
-                option=orjson.OPT_SORT_KEYS,
-            )
+            fields: dict[str, Any] = {"system": self.system, "model": self.model,
+                                      "tools": [(t.name, t.description, t.input_schema) for t in self.tools],
+                                      "output": self.output_schema}
+            if self.sections:  # only when set: existing agents keep their versions
+                fields["sections"] = self.sections
+            payload = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
             self._version = hashlib.sha256(payload).hexdigest()[:12]
         return self._version
 
@@ -143,11 +152,22 @@ def render_input(input: Any) -> str:
 
 
 def _system(agent: Agent) -> str | list[dict[str, Any]] | None:
-    if not agent.system:
+    text = agent.system
+    if agent.sections:
+        headings = ", ".join(f"## {name}" for name in agent.sections)
+        text = f"{text}\n\nFormat: Markdown with exactly these headings, in this order: {headings}.".strip()
+    if not text:
         return None
     if agent.cache_prompt:
-        return [{"type": "text", "text": agent.system, "cache_control": {"type": "ephemeral"}}]
-    return agent.system
+        return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+    return text
+
+
+def _first_choice(agent: Agent) -> ToolChoice | None:
+    """The ``tool_choice`` of an agent's first turn when it asks for one."""
+    if agent.tool_choice in (None, "auto") or not agent.tools:
+        return None
+    return ToolChoice("any") if agent.tool_choice == "any" else ToolChoice("tool", agent.tool_choice)
 
 
 def _parse_output(agent: Agent, raw: Any) -> tuple[Any, list[str]]:
@@ -189,11 +209,14 @@ async def run_agent_loop(ctx: RunContext, key: str, agent: Agent, input: Any,
     usage = Usage()
     cost = 0.0
     output_errors = 0
+    first = None if structured else _first_choice(agent)
+    metadata = {"sections": list(agent.sections)} if agent.sections else {}
     for turn in range(agent.max_turns):
         request = ModelRequest(
             model=agent.model, messages=list(messages), system=_system(agent), tools=specs,
-            tool_choice=choice, max_tokens=agent.max_tokens, temperature=agent.temperature,
-            output_schema=agent.output_schema, timeout_s=agent.timeout_s,
+            tool_choice=first if turn == 0 and first is not None else choice, max_tokens=agent.max_tokens,
+            temperature=agent.temperature, output_schema=agent.output_schema, timeout_s=agent.timeout_s,
+            metadata=metadata,
         )
         response, call_cost = await ctx._runtime.model_call(ctx, agent, f"{key}/m{turn}", request)
         usage.add(response.usage)

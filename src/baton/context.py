@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from baton.agent import Agent, AgentResult, output_from_json, run_agent_loop
-from baton.errors import ApprovalRequired, DepthExceeded, RunTimeout, UsageError
+from baton.errors import ApprovalRequired, BatonError, DepthExceeded, RunTimeout, UsageError
 from baton.messages import Usage
 from baton.observe import events as ev
 from baton.observe.events import new_id
@@ -120,6 +120,15 @@ class RunContext:
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         """Put a pattern-level event (plan.invalid, bus.message...) on the run's event stream."""
         self._runtime.emit(kind, new_id(), self.span_id, data)
+
+    def grammar_bound(self, agent: Agent) -> bool:
+        """Whether ``agent``'s model decodes structured output under a grammar (the embedded
+        local model): a pattern may then give it a tighter schema than it gives Claude."""
+        try:
+            model = self._runtime.bind_model(agent.model).model
+        except BatonError:
+            return False  # the call itself reports why the model cannot be used
+        return bool(getattr(model, "grammar_bound", False))
 
     def next_key(self, label: str = "") -> str:
         """Take the next position key in this scope (deterministic, by call order)."""
