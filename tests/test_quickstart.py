@@ -8,6 +8,7 @@ their overlap in time, the tool calls, the critic's review and the report's sect
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -141,3 +142,52 @@ def test_flagship_runs_offline_on_the_local_model(tmp_path: Path) -> None:
     assert re.search(r"parallel: yes, up to [2-9] agents at once", r.stderr)
     assert re.search(r"cost: +\$0\.\d{4} at Claude prices", r.stderr)
     assert f"baton show {run_id}" in r.stderr
+
+
+CLAUDE_PLAN = {"subtasks": [
+    {"id": "supply", "worker": "researcher", "instruction": "Research supply", "depends_on": []},
+    {"id": "demand", "worker": "researcher", "instruction": "Research demand", "depends_on": []},
+    {"id": "size", "worker": "analyst", "instruction": "Size the market", "depends_on": ["supply", "demand"]},
+    {"id": "review", "worker": "critic", "instruction": "Check the analysis", "depends_on": ["size"]},
+], "synthesis_instructions": "Write the report."}
+CLAUDE_REPORT = "## Summary\n- Pilot lines.\n\n## Market\n- Small.\n\n## Risks\n- Cost.\n\n## Next steps\n- Watch 2027."
+
+
+@pytest.mark.timeout(120)
+def test_the_same_command_runs_on_claude_unchanged(tmp_path: Path) -> None:
+    """With ANTHROPIC_API_KEY set, the README's command goes to the Messages API (here baton's fake
+    one, via ANTHROPIC_BASE_URL): the local-model helpers (positional plan schema, example plan)
+    stay out of Claude's requests, and the same team runs."""
+    from baton.testing import FakeAnthropicServer, Rule, json_reply, text, tool_call
+
+    server = FakeAnthropicServer([
+        Rule(r"research director", reply=json_reply(CLAUDE_PLAN)),
+        Rule(r"market researcher[\s\S]*Pilot lines", reply=text("- pilot lines at automakers"), latency_s=0.3),
+        Rule(r"market researcher", reply=tool_call("lookup_facts", {"topic": "solid-state batteries"}),
+             latency_s=0.3),
+        Rule(r"market analyst", reply=text("USD 1bn by 2030")),
+        Rule(r"sceptical reviewer", reply=text("the 2030 size is unsupported")),
+        Rule(r"concise market reports", reply=text(CLAUDE_REPORT))], api_key="sk-test")
+    url = server.start_in_thread()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BATON_", "OPENAI_"))}
+        env.update(ANTHROPIC_API_KEY="sk-test", ANTHROPIC_BASE_URL=url, BATON_STORE=f"sqlite:///{tmp_path}/c.db")
+        r = subprocess.run([sys.executable, "-m", "baton", "run", str(FLAGSHIP), "--input", "solid-state batteries"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
+    finally:
+        server.stop_thread()
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "embedded local model" not in r.stderr
+    assert r.stdout.strip() == CLAUDE_REPORT
+    [plan_request] = [q.body for q in server.requests_matching(r"research director")]
+    [final] = [t for t in plan_request["tools"] if t["name"] == "final_answer"]
+    assert "prefixItems" not in json.dumps(final["input_schema"])  # Claude names its own ids
+    assert "Example of a plan's shape" not in json.dumps(plan_request["messages"])
+    research = [q.body for q in server.requests_matching(r"market researcher")]
+    assert sorted(json.dumps(q.get("tool_choice")) for q in research) == sorted(
+        ['{"type": "any"}', '{"type": "any"}', '{"type": "auto"}', '{"type": "auto"}'])
+    [writer] = [q.body for q in server.requests_matching(r"concise market reports")]
+    assert "## Summary, ## Market, ## Risks, ## Next steps" in json.dumps(writer["system"])
+    assert server.max_concurrency >= 2
+    assert re.search(r"parallel: yes, up to [2-9] agents at once", r.stderr)
+    assert re.search(r"ran: +6 agent calls \(planner, researcher x2, analyst, critic, writer\)", r.stderr)
