@@ -131,6 +131,8 @@ def test_flagship_runs_offline_on_the_local_model(tmp_path: Path) -> None:
     # A real tool call, journaled with its result.
     tools = [s for s in steps if s.kind == "tool" and s.status == "completed"]
     assert tools and all(s.name == "lookup_facts" for s in tools)
+    for rec in ran.values():  # the researchers answered in prose, not with the call written out again
+        assert not rec.result["output"].lstrip().startswith("{"), rec.result["output"]
 
     # The report: the writer's output, printed on stdout, in the four sections.
     [writer] = [s for s in agents if s.name == "writer"]

@@ -336,12 +336,13 @@ class LocalModel:
         system = _system_text(request.system)
         choice = request.tool_choice
         tools = {t.name: t for t in request.tools} if request.tools else {}
+        answering = False
         if choice is not None and choice.type == "none":
             tools = {}
         elif tools and (choice is None or choice.type == "auto") and _answers_tool_results(request.messages):
-            # A 135M model that has just been shown a tool call calls it again and again:
-            # with the results in hand, it answers (one tool round per question).
-            tools = {}
+            # A 135M model that has just been shown a tool call calls it again and again (or
+            # writes the call out as its answer): with the results in hand, it answers in prose.
+            tools, answering = {}, True
         if tools and choice is not None and choice.type in ("any", "tool"):
             if choice.type == "tool":
                 if choice.name not in tools:
@@ -362,10 +363,12 @@ class LocalModel:
         if request.output_schema is not None:
             note = "Reply with JSON only."
             return _Plan("output", _chat(system, note, request.messages), request.output_schema)
+        hint = "Answer in plain sentences from the tool notes above." if answering else None
+        messages = _chat(system, hint, request.messages, hide_calls=answering)
         sections = request.metadata.get("sections") if request.metadata else None
         if isinstance(sections, list) and sections and all(isinstance(x, str) and x for x in sections):
-            return _Plan("sections", _chat(system, None, request.messages), sections=list(sections))
-        return _Plan("text", _chat(system, None, request.messages))
+            return _Plan("sections", messages, sections=list(sections))
+        return _Plan("text", messages)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -464,8 +467,10 @@ def _system_text(system: str | list[JSON] | None) -> str:
     return "\n".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
 
 
-def _chat(system: str, note: str | None, messages: list[Message]) -> list[JSON]:
-    """Neutral messages -> chat-template messages; tool calls and results become text."""
+def _chat(system: str, note: str | None, messages: list[Message], *, hide_calls: bool = False) -> list[JSON]:
+    """Neutral messages -> chat-template messages; tool calls and results become text (a call
+    as the JSON the model would write, or left out when the model is to answer: it would
+    copy it)."""
     system = "\n\n".join(p for p in (system, note) if p)
     out: list[JSON] = [{"role": "system", "content": system}] if system else []
     names: dict[str, str] = {}
@@ -476,11 +481,14 @@ def _chat(system: str, note: str | None, messages: list[Message]) -> list[JSON]:
                 parts.append(block.text)
             elif isinstance(block, ToolUseBlock):
                 names[block.id] = block.name
-                parts.append(json.dumps({"action": block.name, "input": block.input}))
+                if not hide_calls:
+                    parts.append(json.dumps({"action": block.name, "input": block.input}))
             elif isinstance(block, ToolResultBlock):
-                label = "Error from" if block.is_error else "Result of"
+                label = "Error from" if block.is_error else "Notes from" if hide_calls else "Result of"
                 parts.append(f"{label} tool {names.get(block.tool_use_id, block.tool_use_id)}: {block.content}")
         text = "\n".join(parts)
+        if not text:
+            continue  # a call left out of the history
         if out and out[-1]["role"] == message.role:
             out[-1]["content"] += "\n" + text
         else:
