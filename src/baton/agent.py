@@ -163,6 +163,15 @@ def _system(agent: Agent) -> str | list[dict[str, Any]] | None:
     return text
 
 
+def _turn_request(agent: Agent, messages: list[Message], specs: list[ToolSpec],
+                  choice: ToolChoice | None) -> ModelRequest:
+    return ModelRequest(
+        model=agent.model, messages=list(messages), system=_system(agent), tools=specs, tool_choice=choice,
+        max_tokens=agent.max_tokens, temperature=agent.temperature, output_schema=agent.output_schema,
+        timeout_s=agent.timeout_s, metadata={"sections": list(agent.sections)} if agent.sections else {},
+    )
+
+
 def _first_choice(agent: Agent) -> ToolChoice | None:
     """The ``tool_choice`` of an agent's first turn when it asks for one."""
     if agent.tool_choice in (None, "auto") or not agent.tools:
@@ -210,14 +219,8 @@ async def run_agent_loop(ctx: RunContext, key: str, agent: Agent, input: Any,
     cost = 0.0
     output_errors = 0
     first = None if structured else _first_choice(agent)
-    metadata = {"sections": list(agent.sections)} if agent.sections else {}
     for turn in range(agent.max_turns):
-        request = ModelRequest(
-            model=agent.model, messages=list(messages), system=_system(agent), tools=specs,
-            tool_choice=first if turn == 0 and first is not None else choice, max_tokens=agent.max_tokens,
-            temperature=agent.temperature, output_schema=agent.output_schema, timeout_s=agent.timeout_s,
-            metadata=metadata,
-        )
+        request = _turn_request(agent, messages, specs, first if turn == 0 and first is not None else choice)
         response, call_cost = await ctx._runtime.model_call(ctx, agent, f"{key}/m{turn}", request)
         usage.add(response.usage)
         cost += call_cost or 0.0
