@@ -238,12 +238,17 @@ async def test_output_schema_without_tools_returns_json_text(model: LocalModel) 
 
 @pytest.mark.local_model
 @needs_model
-async def test_concurrent_calls_share_one_worker(model: LocalModel) -> None:
+async def test_concurrent_calls_generate_in_parallel_contexts() -> None:
+    """Two calls at once on a pool of two get a context each (loaded on demand); a third waits
+    for a free one. Every answer is still schema-valid."""
+    pooled = LocalModel(n_ctx=1536, parallel=2)  # its own pool key: a fresh pool
     reqs = [ModelRequest(model="m", messages=[Message.user(f"Classify ticket #{i}: 'refund please'")],
                          output_schema=ROUTE, max_tokens=64, temperature=0.9, metadata={"seed": i}) for i in range(3)]
-    responses = await asyncio.gather(*(model.complete(r) for r in reqs))
+    before = load_count()
+    responses = await asyncio.gather(*(pooled.complete(r) for r in reqs))
     for resp in responses:
         validate(json.loads(resp.text), ROUTE)
+    assert load_count() == before + 2
 
 
 @pytest.mark.local_model

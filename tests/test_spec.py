@@ -30,9 +30,11 @@ def test_yaml_builds_the_same_objects_as_python() -> None:
     researcher = wf.agents["researcher"]
     python_researcher = baton.Agent(
         "researcher", system=researcher.system, model="claude-sonnet-4-6", tools=researcher.tools,
-        description=researcher.description, temperature=0.2, max_tokens=300, max_turns=4)
+        description=researcher.description, temperature=0.2, max_tokens=300, max_turns=3, tool_choice="any")
     assert researcher.prompt_version == python_researcher.prompt_version
     assert researcher == python_researcher
+    assert wf.agents["writer"].sections == ["Summary", "Market", "Risks", "Next steps"]
+    assert (root.min_subtasks, root.max_subtasks) == (3, 4)
     assert wf.limits == baton.Limits(budget_usd=0.5, max_model_calls=40, timeout_s=900, concurrency=4)
     assert wf.baton_ref == f"yaml:{ROOT / 'examples' / 'market_report' / 'workflow.yaml'}"
 

@@ -83,6 +83,12 @@ class Agent:
     """Mark the system prompt and tools as an Anthropic prompt-cache prefix."""
     task_type: str | None = None
     """classification / extraction / formatting / synthesis / reasoning: used by model routing."""
+    tool_choice: str | None = None
+    """The first turn only: ``any`` (call one of the tools), a tool's name (call that one), or
+    ``auto``/None (the model decides). Later turns are free, so the agent can still answer."""
+    sections: list[str] | None = None
+    """The answer is Markdown with exactly these ``## `` headings, in this order (the system
+    prompt says so; the embedded local model decodes it under a grammar)."""
     _version: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +100,9 @@ class Agent:
             raise UsageError(f"agent {self.name!r}: the tool name {FINAL_TOOL!r} is reserved for structured output")
         if self.output is not None:
             schema_of(self.output)  # fail now, not on first call
+        if self.tool_choice not in (None, "auto", "any", *names):
+            raise UsageError(f"agent {self.name!r}: tool_choice {self.tool_choice!r} is not 'auto', 'any' "
+                             f"or one of its tools ({', '.join(names) or 'it has none'})")
 
     @property
     def output_schema(self) -> dict[str, Any] | None:
@@ -113,12 +122,12 @@ class Agent:
     def prompt_version(self) -> str:
         """Hash of system prompt, tool schemas, output schema and model: what a prompt change changes."""
         if self._version is None:
-            payload = orjson.dumps(
-                {"system": self.system, "model": self.model,
-                 "tools": [(t.name, t.description, t.input_schema) for t in self.tools],
-                 "output": self.output_schema},
-                option=orjson.OPT_SORT_KEYS,
-            )
+            fields: dict[str, Any] = {"system": self.system, "model": self.model,
+                                      "tools": [(t.name, t.description, t.input_schema) for t in self.tools],
+                                      "output": self.output_schema}
+            if self.sections:  # only when set: existing agents keep their versions
+                fields["sections"] = self.sections
+            payload = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
             self._version = hashlib.sha256(payload).hexdigest()[:12]
         return self._version
 
@@ -165,11 +174,31 @@ def render_input(input: Any) -> str:
 
 
 def _system(agent: Agent) -> str | list[dict[str, Any]] | None:
-    if not agent.system:
+    text = agent.system
+    if agent.sections:
+        headings = ", ".join(f"## {name}" for name in agent.sections)
+        text = f"{text}\n\nFormat: Markdown with exactly these headings, in this order: {headings}.".strip()
+    if not text:
         return None
     if agent.cache_prompt:
-        return [{"type": "text", "text": agent.system, "cache_control": {"type": "ephemeral"}}]
-    return agent.system
+        return [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+    return text
+
+
+def _turn_request(agent: Agent, messages: list[Message], specs: list[ToolSpec],
+                  choice: ToolChoice | None) -> ModelRequest:
+    return ModelRequest(
+        model=agent.model, messages=list(messages), system=_system(agent), tools=specs, tool_choice=choice,
+        max_tokens=agent.max_tokens, temperature=agent.temperature, output_schema=agent.output_schema,
+        timeout_s=agent.timeout_s, metadata={"sections": list(agent.sections)} if agent.sections else {},
+    )
+
+
+def _first_choice(agent: Agent) -> ToolChoice | None:
+    """The ``tool_choice`` of an agent's first turn when it asks for one."""
+    if agent.tool_choice in (None, "auto") or not agent.tools:
+        return None
+    return ToolChoice("any") if agent.tool_choice == "any" else ToolChoice("tool", agent.tool_choice)
 
 
 def _parse_output(agent: Agent, raw: Any) -> tuple[Any, list[str]]:
@@ -244,6 +273,8 @@ class _Loop:
             self.choice = ToolChoice("any") if self.tools else ToolChoice("tool", FINAL_TOOL)
         else:
             self.choice = ToolChoice("auto") if self.specs else None
+        self.first = None if self.structured else _first_choice(agent)
+        """The first turn's tool_choice when the agent asks for one (``Agent.tool_choice``)."""
         self.messages: list[Message] = [Message.user(render_input(input))]
         self.usage = Usage()
         self.cost = 0.0
@@ -253,11 +284,9 @@ class _Loop:
         self.repeats = 0
         self.warned = False
 
-    def request(self, messages: list[Message]) -> ModelRequest:
-        a = self.agent
-        return ModelRequest(model=a.model, messages=messages, system=_system(a), tools=self.specs,
-                            tool_choice=self.choice, max_tokens=a.max_tokens, temperature=a.temperature,
-                            output_schema=a.output_schema, timeout_s=a.timeout_s)
+    def request(self, messages: list[Message], *, first_turn: bool = False) -> ModelRequest:
+        choice = self.first if first_turn and self.first is not None else self.choice
+        return _turn_request(self.agent, messages, self.specs, choice)
 
     async def ask(self, key: str, request: ModelRequest) -> ModelResponse:
         """One model turn; a refusal is tried again on each fallback model before it fails."""
@@ -287,7 +316,7 @@ class _Loop:
 
     async def turn(self, turn: int) -> AgentResult | None:
         """One turn: the final result, or None to go on."""
-        response = await self.ask(f"{self.key}/m{turn}", self.request(list(self.messages)))
+        response = await self.ask(f"{self.key}/m{turn}", self.request(list(self.messages), first_turn=turn == 0))
         try:
             return await self._judge(response, turn)
         except _Reask as bad:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from baton.agent import Agent, AgentResult, output_from_json, run_agent_loop
 from baton.errors import (
     ApprovalRequired,
+    BatonError,
     BudgetExceeded,
     DepthExceeded,
     RunOwnedElsewhere,
@@ -141,6 +142,15 @@ class RunContext:
         warning = {"source": source, "code": code, "message": message}
         self._runtime.warnings.append(warning)
         self.emit(ev.RUN_WARNING, warning)
+
+    def grammar_bound(self, agent: Agent) -> bool:
+        """Whether ``agent``'s model decodes structured output under a grammar (the embedded
+        local model): a pattern may then give it a tighter schema than it gives Claude."""
+        try:
+            model = self._runtime.bind_model(agent.model).model
+        except BatonError:
+            return False  # the call itself reports why the model cannot be used
+        return bool(getattr(model, "grammar_bound", False))
 
     def next_key(self, label: str = "") -> str:
         """Take the next position key in this scope (deterministic, by call order)."""

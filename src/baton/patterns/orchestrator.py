@@ -11,6 +11,7 @@ original task and its dependencies' outputs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from baton.patterns._base import (
     Target,
     as_text,
     check_distinct_names,
+    describe,
     invoke,
     output_of,
     resolve_name,
@@ -77,6 +79,57 @@ def plan_schema(workers: list[str]) -> dict[str, Any]:
         "required": ["subtasks", "synthesis_instructions"],
         "additionalProperties": False,
     }
+
+
+def grammar_plan_schema(workers: list[str], max_subtasks: int, min_subtasks: int = 1) -> dict[str, Any]:
+    """The plan schema for a model that decodes under a grammar (the embedded local model).
+
+    Tighter than ``plan_schema`` where a grammar can hold a small model to it: subtask ``i``
+    has the id ``s<i>``, names one of the real workers, and depends only on earlier ids, so
+    a plan decoded under it cannot name an unknown worker, dangle or cycle. Its shape is a
+    small DAG: with room for three or more subtasks the first two depend on nothing (they
+    start together) and each later one builds on at least one earlier result (a 135M model
+    otherwise chains every step after the one before, or links none).
+    """
+    count = max(1, max_subtasks)
+    free_start = 2 if count >= 3 else 1
+
+    def subtask(i: int) -> dict[str, Any]:
+        earlier = [f"s{j}" for j in range(1, i)] if i > free_start else []
+        deps: dict[str, Any] = {"type": "array", "minItems": min(1, len(earlier)), "maxItems": len(earlier),
+                                "uniqueItems": True}
+        if earlier:
+            deps["items"] = {"enum": earlier}
+        return {"type": "object",
+                "properties": {"id": {"const": f"s{i}"}, "worker": {"enum": list(workers)},
+                               "instruction": {"type": "string", "minLength": 8, "maxLength": 100},
+                               "depends_on": deps},
+                "required": ["id", "worker", "instruction", "depends_on"], "additionalProperties": False}
+
+    return {
+        "type": "object",
+        "properties": {
+            "subtasks": {"type": "array", "prefixItems": [subtask(i) for i in range(1, count + 1)],
+                         "items": False, "minItems": min(max(1, min_subtasks), count), "maxItems": count},
+            "synthesis_instructions": {"type": "string", "maxLength": 100},
+        },
+        "required": ["subtasks", "synthesis_instructions"],
+        "additionalProperties": False,
+    }
+
+
+def example_plan(workers: Mapping[str, str], max_subtasks: int) -> dict[str, Any]:
+    """A worked example of a plan's shape, for a small model to copy (from the workers' own
+    descriptions): the first worker twice in parallel, then each other worker after the
+    step before it."""
+    names = list(workers)
+    order = [names[0], *names][: max(1, max_subtasks)] if len(names) > 1 else names * min(2, max_subtasks)
+    subtasks: list[dict[str, Any]] = []
+    for i, name in enumerate(order, start=1):
+        deps = [] if i <= 2 else (["s1", "s2"] if i == 3 else [f"s{i - 1}"])
+        text = (workers[name] or f"Do the {name} part of the task").rstrip(".")[:100]
+        subtasks.append({"id": f"s{i}", "worker": name, "instruction": text, "depends_on": deps})
+    return {"subtasks": subtasks, "synthesis_instructions": "Combine the results into one answer"}
 
 
 def validate_plan(plan: Mapping[str, Any], workers: list[str], max_subtasks: int) -> list[str]:
@@ -172,15 +225,23 @@ class Orchestrator:
     """After the last re-plan, repair a still-invalid plan deterministically instead of failing."""
     compress: Compressor | None = None
     """Summarise long dependency outputs with a cheap model before handing them on."""
+    min_subtasks: int = 1
+    """Fewest subtasks a plan may have (in the plan's schema: Claude sees it, a grammar enforces it)."""
     _planner: Agent = field(init=False, repr=False)
+    _grammar_planner: Agent = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.workers, list):
             self.workers = {target_name(w): w for w in self.workers}
         check_distinct_names(self.workers, f"orchestrator {self.name!r}", "workers")
-        self._planner = self.planner.with_(output=plan_schema(list(self.workers)))
+        schema = plan_schema(list(self.workers))
+        if self.min_subtasks > 1:
+            schema["properties"]["subtasks"]["minItems"] = min(self.min_subtasks, self.max_subtasks)
+        self._planner = self.planner.with_(output=schema)
+        self._grammar_planner = self.planner.with_(
+            output=grammar_plan_schema(list(self.workers), self.max_subtasks, self.min_subtasks))
 
-    def _planning_prompt(self, task: Any) -> str:
+    def _planning_prompt(self, task: Any, *, example: bool = False) -> str:
         lines = [f"Task:\n{as_text(task)}", "", "Workers you can assign subtasks to:"]
         for wname, worker in self.workers.items():
             desc = worker.description if isinstance(worker, Agent) else getattr(worker, "description", "")
@@ -188,18 +249,25 @@ class Orchestrator:
         lines += ["", f"Break the task into at most {self.max_subtasks} subtasks. Give each a unique id; list in "
                   "depends_on the ids whose results it needs (no cycles). Subtasks without dependencies run in "
                   "parallel."]
+        if example:  # a small model copies a worked example far better than it follows the rules above
+            shape = example_plan({n: describe(w) for n, w in self.workers.items()}, self.max_subtasks)
+            lines += ["", "Example of a plan's shape (for another task):", json.dumps(shape, separators=(",", ":"))]
         return "\n".join(lines)
 
     async def plan(self, ctx: RunContext, task: Any) -> dict[str, Any]:
         workers = list(self.workers)
-        prompt = self._planning_prompt(task)
+        # A grammar-bound planner (the local model) gets the positional schema it cannot break
+        # and a worked example; Claude gets neither.
+        bound = ctx.grammar_bound(self.planner)
+        planner = self._grammar_planner if bound else self._planner
+        prompt = self._planning_prompt(task, example=bound)
         errors: list[str] = []
         attempts = self.max_replans + 1
         for attempt in range(1, attempts + 1):
             if errors:
-                prompt = (f"{self._planning_prompt(task)}\n\nYour previous plan was invalid:\n- "
+                prompt = (f"{self._planning_prompt(task, example=bound)}\n\nYour previous plan was invalid:\n- "
                           + "\n- ".join(shown_errors(errors)) + "\nReturn a corrected plan.")
-            plan = output_of(await ctx.call(self._planner, prompt))
+            plan = output_of(await ctx.call(planner, prompt))
             errors = validate_plan(plan, workers, self.max_subtasks)
             if not errors:
                 return _canonical(plan, workers)
@@ -209,7 +277,8 @@ class Orchestrator:
         if self.repair_plan:
             # Journaled as a step so a resumed run sees the same repaired plan.
             repaired = await ctx.step("repair_plan", lambda: repair_plan(plan, workers, self.max_subtasks))
-            ctx.emit(ev.PLAN_INVALID, {"errors": shown_errors(errors), "repaired": shown_errors(repaired[1])})
+            ctx.emit(ev.PLAN_REPAIRED, {"errors": shown_errors(errors), "changes": shown_errors(repaired[1]),
+                                        "attempts": self.max_replans + 1})
             return dict(repaired[0])
         shown = shown_errors(errors)
         raise PlanError(f"{self.name}: the plan is still invalid after {attempts} attempts: " + "; ".join(shown),

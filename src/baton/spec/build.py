@@ -321,7 +321,8 @@ class _Builder:
             compress = Compressor(cc.get("over_chars", 4000), agent)
         return Orchestrator(planner, workers, synth, max_subtasks=w.get("max_subtasks", 10), compress=compress,
                             max_replans=w.get("max_replans", 2), concurrency=w.get("concurrency"),
-                            name=self.data["name"], repair_plan=w.get("repair_plan", False))
+                            name=self.data["name"], repair_plan=w.get("repair_plan", False),
+                            min_subtasks=w.get("min_subtasks", 1))
 
     def _p_fan_out(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.fan_out import FanOut

@@ -45,6 +45,10 @@ AGENT_PROPS: dict[str, Any] = {
     "fallback_models": {"type": "array", "items": {"type": "string"}},
     "cache_prompt": {"type": "boolean"},
     "task_type": {"enum": ["classification", "extraction", "formatting", "synthesis", "reasoning"]},
+    "tool_choice": {"type": "string", "minLength": 1,
+                    "description": "first turn: 'any' (call a tool), a tool's name, or 'auto'"},
+    "sections": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[^\n#]{1,60}$"},
+                 "description": "the answer's Markdown '## ' headings, in order"},
 }
 
 MCP = {
@@ -110,7 +114,7 @@ PATTERNS = [
     ]}}}, ["stages"]),
     _pattern("orchestrator", {"planner": NAME, "workers": {"type": "array", "minItems": 1,
                                                            "items": {"$ref": "#/$defs/ref"}},
-                              "synthesizer": NAME, "max_subtasks": POS_INT,
+                              "synthesizer": NAME, "max_subtasks": POS_INT, "min_subtasks": POS_INT,
                               "max_replans": {"type": "integer", "minimum": 0}, "concurrency": POS_INT,
                               "repair_plan": {"type": "boolean"},
                               "compress_context": {"type": "object", "additionalProperties": False,
