@@ -75,6 +75,8 @@ TIMED: dict[str, list[str]] = {
                          rf"target <= {NUM}%: (OK|MISSED)\)"],
     "bench_rate_limits.py": [],
     "bench_faults.py": [],
+    "bench_serve.py": [],
+    "bench_retrieval.py": [],
 }
 
 
@@ -99,6 +101,12 @@ def check_verdicts(script: str, line: str) -> None:
         m = re.search(r"(\d+)/(\d+) runs complete \(OK\); billed \$([\d.]+) vs server log \$([\d.]+): equal, OK",
                       line)
         assert m and m.group(1) == m.group(2) and m.group(3) == m.group(4), line
+    if script == "bench_serve.py":  # correctness: every run accepted over HTTP finished, every stream ended
+        m = re.search(r"(\d+)/(\d+) runs, .*\((OK|MISSED): every run succeeded", line)
+        assert m and m.group(1) == m.group(2) and m.group(3) == "OK", line
+    if script == "bench_retrieval.py":  # quality on the committed evaluation set: not a timing
+        m = re.search(rf"bm25 recall@5 {NUM} \(target >= {NUM}: (OK|MISSED)\)", line)
+        assert m and (m.group(3) == "OK") == (float(m.group(1)) >= float(m.group(2))), line
     if script == "bench_prompt_cache.py":
         m = re.search(r"(\d+) write \+ (\d+) reads \(expected 1 \+ (\d+): OK\)", line)
         assert m and m.group(1) == "1" and m.group(2) == m.group(3), line

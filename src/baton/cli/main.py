@@ -604,6 +604,8 @@ async def _main(args: argparse.Namespace) -> int:
 
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
+    if getattr(args, "own_signals", False):  # baton serve shuts down gracefully on SIGTERM by itself
+        return int(await args.fn(args))
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # no signal handlers on this platform
         loop.add_signal_handler(signal.SIGTERM, lambda: task.cancel() if task is not None else None)
     try:

@@ -28,7 +28,7 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument("--webhook-window", type=float, default=300.0, metavar="S",
                    help="how old a webhook's X-Baton-Timestamp may be")
     s.add_argument("--no-access-log", action="store_true")
-    s.set_defaults(fn=cmd_serve)
+    s.set_defaults(fn=cmd_serve, own_signals=True)  # uvicorn's shutdown handles SIGTERM (checkpoints runs)
 
 
 async def cmd_serve(args: argparse.Namespace) -> int:
