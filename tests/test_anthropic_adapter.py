@@ -484,3 +484,20 @@ def test_one_model_works_across_event_loops():
     finally:
         server.stop_thread()
     assert server.completed_count == 3
+
+
+@pytest.mark.parametrize("body", [
+    '{"content": "hello", "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}',
+    '{"content": {"type": "text", "text": "hi"}, "usage": {"input_tokens": 1, "output_tokens": 1}}',
+    '{"content": ["hi"], "usage": {"input_tokens": 1, "output_tokens": 1}}',
+    '{"content": [{"type": "text", "text": 5}], "usage": {"input_tokens": 1, "output_tokens": 1}}',
+    '{"content": [{"type": "tool_use", "id": "t", "name": "x", "input": [1]}]}',
+    '[{"content": []}]',
+])
+async def test_a_200_body_of_the_wrong_shape_is_a_provider_error(server, model, body):
+    """A 200 whose content is not a list of blocks is a clear, retryable provider error, not a traceback."""
+    server.add_rule(fault=Fault.status(200, body=body, content_type="application/json"))
+    with pytest.raises(ProviderError) as info:
+        await model.complete(ask())
+    assert info.value.error_type == "invalid_response" and info.value.retryable
+    assert "malformed response body" in str(info.value)

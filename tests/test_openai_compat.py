@@ -301,3 +301,17 @@ def test_retry_after_parsing() -> None:
     assert retry_after({}) is None
     date = retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})
     assert date == 0.0  # in the past: no wait
+
+
+@pytest.mark.parametrize("data", [
+    {"choices": ["hello"]},
+    {"choices": [{"message": "hello", "finish_reason": "stop"}]},
+    {"choices": [{"message": {"content": "hi", "tool_calls": ["x"]}, "finish_reason": "stop"}]},
+])
+def test_a_body_of_the_wrong_shape_is_a_provider_error(data):
+    from baton.errors import ProviderError
+    from baton.models.openai_compat import parse_response
+
+    with pytest.raises(ProviderError) as info:
+        parse_response(data, "m")
+    assert info.value.error_type == "invalid_response" and info.value.retryable

@@ -150,15 +150,27 @@ def usage_from_wire(u: Mapping[str, Any] | None, request_id: str | None = None) 
     )
 
 
-def content_from_wire(blocks: list[JSON]) -> list[ContentBlock]:
-    """Text and tool_use blocks; other kinds (thinking, server tools) are skipped."""
+def content_from_wire(blocks: Any) -> list[ContentBlock]:
+    """Text and tool_use blocks; other kinds (thinking, server tools) are skipped.
+
+    Raises TypeError naming what is wrong when the body does not have the Messages API's shape
+    (``content`` not a list, a block not an object, text not a string...)."""
+    if not isinstance(blocks, list):
+        raise TypeError(f"'content' is {type(blocks).__name__}, not a list of blocks")
     out: list[ContentBlock] = []
     for b in blocks:
+        if not isinstance(b, dict):
+            raise TypeError(f"a content block is {type(b).__name__}, not an object")
         kind = b.get("type")
         if kind == "text":
+            if not isinstance(b.get("text"), str):
+                raise TypeError("a text block's 'text' is not a string")
             out.append(TextBlock(b["text"]))
         elif kind == "tool_use":
-            out.append(ToolUseBlock(b["id"], b["name"], b.get("input") or {}))
+            tool_input = b.get("input") or {}
+            if not (isinstance(b.get("id"), str) and isinstance(b.get("name"), str) and isinstance(tool_input, dict)):
+                raise TypeError("a tool_use block needs a string 'id' and 'name' and an object 'input'")
+            out.append(ToolUseBlock(b["id"], b["name"], tool_input))
     return out
 
 
@@ -376,10 +388,12 @@ class AnthropicModel:
             raise status_error(status, raw, headers, secret=self._secret)
         try:
             data = orjson.loads(raw)
+            if not isinstance(data, dict):
+                raise TypeError(f"the body is {type(data).__name__}, not an object")
             content = content_from_wire(data["content"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ProviderError(
-                f"anthropic: malformed response body (HTTP {status}): {raw[:200]!r}",
+                f"anthropic: malformed response body (HTTP {status}; {exc}): {raw[:200]!r}",
                 status=status, error_type="invalid_response", request_id=headers.get("request-id"),
                 retryable=True) from exc
         return ModelResponse(

@@ -182,6 +182,15 @@ def _system_text(system: str | list[JSON] | None) -> str:
 
 
 def parse_response(data: JSON, requested_model: str, headers: dict[str, str] | None = None) -> ModelResponse:
+    """The neutral response; a body of the wrong shape is a retryable provider error naming what is wrong."""
+    try:
+        return _parse_response(data, requested_model, headers)
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise ProviderError(f"malformed response body ({type(exc).__name__}: {exc}): {str(data)[:200]}",
+                            status=200, error_type="invalid_response", retryable=True, provider=PROVIDER) from exc
+
+
+def _parse_response(data: JSON, requested_model: str, headers: dict[str, str] | None) -> ModelResponse:
     try:
         choice = data["choices"][0]
         message = choice.get("message") or {}
