@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,6 @@ from baton.testing import FakeAnthropicServer, text, tool_call
 pytestmark = pytest.mark.timeout(60)
 HAIKU = "claude-haiku-4-5"
 
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeAnthropicServer]:
-    async with FakeAnthropicServer() as s:
-        yield s
-
-
-@pytest.fixture
-async def model(server: FakeAnthropicServer) -> AsyncIterator[AnthropicModel]:
-    m = AnthropicModel(api_key="sk-test", base_url=server.url)
-    yield m
-    await m.aclose()
 
 
 class Sinks:

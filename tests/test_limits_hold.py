@@ -8,7 +8,6 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,6 @@ HAIKU, OPUS = "claude-haiku-4-5", "claude-opus-4-6"
 ROOT = Path(__file__).resolve().parents[1]
 ODD = [math.nan, math.inf, -math.inf, -1]
 
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeAnthropicServer]:
-    async with FakeAnthropicServer() as s:
-        yield s
-
-
-@pytest.fixture
-async def model(server: FakeAnthropicServer) -> AsyncIterator[AnthropicModel]:
-    m = AnthropicModel(api_key="sk-test", base_url=server.url)
-    yield m
-    await m.aclose()
 
 
 def engine(model: AnthropicModel, **options: Any) -> Engine:

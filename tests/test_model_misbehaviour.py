@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -49,18 +48,6 @@ def served(server: FakeAnthropicServer) -> list[str]:
     assert all(r.status == 200 for r in server.requests), [(r.status, r.error) for r in server.requests]
     return [who(r) for r in server.requests]
 
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeAnthropicServer]:
-    async with FakeAnthropicServer() as s:
-        yield s
-
-
-@pytest.fixture
-async def model(server: FakeAnthropicServer) -> AsyncIterator[AnthropicModel]:
-    m = AnthropicModel(api_key="test-key", base_url=server.url)
-    yield m
-    await m.aclose()
 
 
 async def run(workflow: Any, input: Any, model: AnthropicModel, **kw: Any) -> baton.RunResult:

@@ -8,7 +8,6 @@ breakers, per-call timeouts, prompt-cache warm-up, model routing and the result 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -30,18 +29,6 @@ pytestmark = pytest.mark.timeout(30)
 SONNET, OPUS, HAIKU = "claude-sonnet-4-6", "claude-opus-4-6", "claude-haiku-4-5"
 QUICK = RetryPolicy(max_attempts=5, initial_delay_s=0.01, max_delay_s=0.02)
 
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeAnthropicServer]:
-    async with FakeAnthropicServer() as s:
-        yield s
-
-
-@pytest.fixture
-async def model(server: FakeAnthropicServer) -> AsyncIterator[AnthropicModel]:
-    m = AnthropicModel(api_key="sk-test", base_url=server.url)
-    yield m
-    await m.aclose()
 
 
 def engine(model: AnthropicModel, **options: Any) -> Engine:

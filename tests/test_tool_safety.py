@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = RetryPolicy(max_attempts=3, initial_delay_s=0.01, max_delay_s=0.02)
 ONCE = RetryPolicy(max_attempts=1)
 
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeAnthropicServer]:
-    async with FakeAnthropicServer() as s:
-        yield s
-
-
-@pytest.fixture
-async def model(server: FakeAnthropicServer) -> AsyncIterator[AnthropicModel]:
-    m = AnthropicModel(api_key="sk-test", base_url=server.url)
-    yield m
-    await m.aclose()
 
 
 def engine(model: AnthropicModel, store: Any = None, **options: Any) -> Engine:
