@@ -17,6 +17,7 @@ from baton.context import Decision, Handoff, RunContext
 from baton.errors import BatonError
 from baton.runtime.budget import Limits
 from baton.runtime.engine import RunResult
+from baton.streaming import stream, stream_resume
 from baton.tools import Tool, ToolContext, tool
 
 __version__ = "0.1.0"
@@ -39,5 +40,7 @@ __all__ = [
     "resume",
     "run",
     "run_sync",
+    "stream",
+    "stream_resume",
     "tool",
 ]

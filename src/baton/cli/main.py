@@ -253,6 +253,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     base = default_limits or workflow.limits
     limits = base.merged(budget_usd=args.budget_usd, budget_tokens=args.budget_tokens)
     sinks = _Sinks(args)
+    from baton.cli.live import stream_sinks
+
+    sinks.sinks.extend(stream_sinks(args))  # --stream
     engine = _engine(args, sinks)
     try:
         result = await engine.run(workflow, input_value, run_id=run_id, limits=limits)
@@ -497,6 +500,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-id")
     store(r)
     observe(r)
+    from baton.cli.live import add_stream_option
+
+    add_stream_option(r)
     r.set_defaults(fn=_cmd_run)
 
     rs = sub.add_parser("resume", help="continue a stopped run from its journal")

@@ -361,6 +361,7 @@ class Engine:
             breakers=self.breakers or BreakerRegistry(defaults=getattr(workflow, "breaker", None)), governor=governor, cache=self.cache,
             cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
+        runtime.stream_deltas = events.wants_deltas
         runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(
             ev.BUDGET_CHECK, new_id(), runtime.run_span, {"limit": limit, "spent": spent_, "allowed": allowed, "ok": ok}
         ) if not ok else None
