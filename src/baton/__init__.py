@@ -12,7 +12,7 @@
 """
 
 from baton.agent import Agent, AgentResult
-from baton.api import approve, register_workflow, replay, resume, run, run_sync
+from baton.api import approve, fork, register_workflow, replay, resume, run, run_sync
 from baton.context import Decision, Handoff, RunContext
 from baton.errors import BatonError
 from baton.runtime.budget import Limits
@@ -35,6 +35,7 @@ __all__ = [
     "ToolContext",
     "__version__",
     "approve",
+    "fork",
     "register_workflow",
     "replay",
     "resume",

@@ -57,3 +57,68 @@ def add_stream_option(sp: Any) -> None:
 
 def stream_sinks(args: Any) -> list[Any]:
     return [TextPrinter()] if getattr(args, "stream", False) else []
+
+
+MAX_EDIT_BYTES = 16 * 1024 * 1024
+
+
+def add_fork_parser(sub: Any) -> None:
+    f = sub.add_parser("fork", help="a new run from a run's journal up to a step, with that step edited or redone")
+    f.add_argument("run_id")
+    f.add_argument("--at", required=True, metavar="STEP", help="the step key (as baton show lists it)")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("--edit", metavar="TEXT", help="the result STEP gives in the fork (a model step: its text)")
+    g.add_argument("--edit-file", metavar="FILE", help="read the edit from FILE (UTF-8 text)")
+    f.add_argument("--workflow", metavar="FILE|MODULE:FUNCTION",
+                   help="the workflow to run the fork with; needed for a Python workflow or a workflow file "
+                        "that changed since the parent run started")
+    f.add_argument("--stream", action="store_true", help="print the agents' text as it is generated")
+    f.add_argument("--store", help="store URL (default: $BATON_STORE or sqlite:///.baton/baton.db)")
+    f.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    f.add_argument("--provider", help="anthropic | local | openai")
+    f.add_argument("--quiet", action="store_true", help="no live progress on stderr")
+    f.set_defaults(fn=cmd_fork)
+
+
+def _edit_text(args: Any) -> str | None:
+    from baton.errors import UsageError
+
+    if args.edit is not None:
+        return str(args.edit)
+    if args.edit_file is None:
+        return None
+    try:
+        with open(args.edit_file, "rb") as fh:
+            data = fh.read(MAX_EDIT_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read --edit-file {args.edit_file}: {exc.strerror or exc}") from None
+    if len(data) > MAX_EDIT_BYTES:
+        raise UsageError(f"--edit-file {args.edit_file} is larger than 16 MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--edit-file {args.edit_file} is not UTF-8 text") from None
+
+
+async def cmd_fork(args: Any) -> int:
+    import asyncio
+
+    from baton.cli import main as cli
+    from baton.observe.events import new_id
+    from baton.runtime.fork import fork
+
+    edit = _edit_text(args)
+    workflow = cli._named_workflow(args)
+    sinks = cli._Sinks(args)
+    sinks.sinks.extend(stream_sinks(args))
+    engine = cli._engine(args, sinks)
+    fork_id = new_id(8)
+    try:
+        result = await fork(engine, args.run_id, args.at, edit=edit, workflow=workflow, new_run_id=fork_id)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return cli._interrupted(fork_id, args)
+    finally:
+        sinks.close()
+        await cli._close(engine)
+    code: int = cli._finish(result, args)
+    return code

@@ -561,6 +561,10 @@ def _parser() -> argparse.ArgumentParser:
     store(rp)
     rp.set_defaults(fn=_cmd_replay)
 
+    from baton.cli.live import add_fork_parser
+
+    add_fork_parser(sub)  # baton fork RUN_ID --at STEP
+
     from baton.server import add_serve_parser
 
     add_serve_parser(sub)
