@@ -30,6 +30,9 @@ class RunBuffer:
 class LiveEvents:
     """A sink: keeps each run's recent events and wakes whoever waits for them."""
 
+    wants_deltas = True
+    """``text.delta`` events reach the SSE stream too (the UI shows agents writing)."""
+
     def __init__(self, per_run: int = 2000, max_runs: int = 2000) -> None:
         self.per_run, self.max_runs = per_run, max_runs
         self.runs: OrderedDict[str, RunBuffer] = OrderedDict()
