@@ -208,3 +208,28 @@ def test_bad_memory_namespace_in_yaml_is_a_validation_error(tmp_path: Path) -> N
     bad.write_text(FLOW.format(ns="no spaces allowed"))
     with pytest.raises(baton.BatonError):
         load_workflow_file(str(bad))
+
+
+async def test_a_tenants_runs_use_that_tenants_memory_only(server: FakeAnthropicServer, opts: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    """The same workflow, the same namespace name, two service tenants: two separate memories."""
+    flow = tmp_path / "t.yaml"
+    flow.write_text(FLOW.format(ns="shared/notes"))
+    wf = load_workflow_file(str(flow))
+    server.add_rule("KEEPER", reply=tool_call("remember", {"key": "secret", "value": "a's plan"}), times=1)
+    server.add_rule("KEEPER", reply=text("noted"), times=1)
+    assert (await baton.run(wf, "remember", metadata={"tenant": "a"}, **opts)).ok
+    for tenant in ("b", None, "a"):
+        server.add_rule("KEEPER", reply=tool_call("recall", {"key": "secret"}), times=1)
+        server.add_rule("KEEPER", reply=text("ok"), times=1)
+        assert (await baton.run(wf, "recall", metadata={"tenant": tenant} if tenant else None, **opts)).ok
+    assert tool_results(server)[1:] == [{"key": "secret", "found": False}, {"key": "secret", "found": False},
+                                        {"key": "secret", "value": "a's plan"}]
+    store = open_store(opts["store"])
+    await store.open()
+    try:
+        assert await Memory(store, "shared/notes", tenant="a").list() == ["secret"]
+        assert await Memory(store, "shared/notes").list() == []
+        assert await Memory(store, "notes", tenant="a/shared").list() == []  # no name makes one tenant another
+    finally:
+        await store.close()

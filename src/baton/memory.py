@@ -9,6 +9,10 @@ Inside a run, ``ctx.memory(ns)`` (or ``RunMemory(ctx, ns)``) journals every read
 write as a step, so a resumed run sees what the first execution saw and writes nothing
 twice. An agent given ``memory: NAMESPACE`` in YAML gets the tools ``remember``,
 ``recall`` and ``forget``; their answers are journaled as tool steps.
+
+A run that belongs to a service tenant (run metadata ``tenant``, set by ``baton serve``)
+reads and writes that tenant's namespaces only: the same namespace name in two tenants'
+runs is two separate memories.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = ["Memory", "RunMemory", "check_namespace", "memory_tools"]
 
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.:@/-]{1,200}")
 _PREFIX = "memory/"
+_TENANT_PREFIX = "memory#"
 MAX_KEY = 256
 
 
@@ -53,13 +58,17 @@ def _check_ttl(ttl_s: float | None) -> float | None:
 class Memory:
     """Direct access to one namespace of a store (no journal): for setup, tests, admin tools."""
 
-    def __init__(self, store: Store, namespace: str) -> None:
+    def __init__(self, store: Store, namespace: str, *, tenant: str | None = None) -> None:
         if not callable(getattr(store, "list_state", None)) or not callable(getattr(store, "delete_state", None)):
             raise UsageError(f"store {type(store).__name__} keeps no long-term memory (it has no "
                              f"list_state/delete_state; the built-in stores all do)")
         self.store = store
         self.namespace = check_namespace(namespace)
-        self._ns = _PREFIX + self.namespace
+        self.tenant = tenant
+        # A tenant's namespaces live apart from everyone else's (length-prefixed: no tenant name can
+        # make one tenant's namespace another's).
+        self._ns = (_PREFIX + self.namespace if not tenant
+                    else f"{_TENANT_PREFIX}{len(tenant)}:{tenant}/{self.namespace}")
         self._store: Any = store  # list_state/delete_state: on the built-in stores, not in the Store protocol
 
     async def put(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
@@ -85,7 +94,7 @@ class RunMemory:
         if journal is None:
             raise UsageError("memory needs a store (this run keeps no journal)")
         self.ctx = ctx
-        self.memory = Memory(journal.store, namespace)
+        self.memory = Memory(journal.store, namespace, tenant=ctx._runtime.tenant)
 
     async def put(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         await self.ctx.step(f"memory.put:{key}", self.memory.put, key, value, ttl_s=ttl_s)
@@ -109,7 +118,7 @@ def _run_memory(namespace: str) -> Memory:
     runtime = _CURRENT.get()
     if runtime is None or runtime.journal is None:
         raise UsageError("memory tools need a run with a store")
-    return Memory(runtime.journal.store, namespace)
+    return Memory(runtime.journal.store, namespace, tenant=runtime.tenant)
 
 
 def memory_tools(namespace: str) -> list[Tool]:

@@ -127,6 +127,8 @@ class Runtime:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     """Outcomes that succeeded but deserve a reader's attention (``RunContext.warn``)."""
     stream_deltas: bool = False
+    tenant: str | None = None
+    """The service tenant the run belongs to (run metadata): long-term memory is kept per tenant."""
     """Someone listens for ``text.delta`` events: model calls stream and report each piece."""
     _slots: asyncio.Semaphore | None = None
     _warm: dict[str, asyncio.Event] = field(default_factory=dict)

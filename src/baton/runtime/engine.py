@@ -362,6 +362,8 @@ class Engine:
             cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
         runtime.stream_deltas = events.wants_deltas
+        tenant = record.metadata.get("tenant")
+        runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
         runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(
             ev.BUDGET_CHECK, new_id(), runtime.run_span, {"limit": limit, "spent": spent_, "allowed": allowed, "ok": ok}
         ) if not ok else None
