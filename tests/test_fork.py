@@ -185,3 +185,19 @@ def test_cli_fork_and_show(tmp_path: Path) -> None:
         assert missing.returncode == 2 and "cannot read --edit-file" in missing.stderr
     finally:
         srv.stop_thread()
+
+
+async def test_a_changed_workflow_file_must_be_named_and_the_fork_records_it(
+        server: FakeAnthropicServer, opts: dict[str, Any], tmp_path: Path) -> None:
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW.read_text())
+    result = await baton.run(load_workflow_file(str(flow)), "topic", **opts)
+    flow.write_text(FLOW.read_text() + "# changed\n")
+    with pytest.raises(baton.BatonError, match="has changed since run"):
+        await baton.fork(result.run_id, at="2/m0", **opts)
+    named = load_workflow_file(str(flow))
+    forked = await baton.fork(result.run_id, at="2/m0", workflow=named, **opts)
+    assert forked.ok
+    record, _ = await journal(opts, forked.run_id)
+    assert record.metadata["workflow_sha256"] == named.sha256 != (await journal(opts, result.run_id))[0].metadata[
+        "workflow_sha256"]

@@ -16,6 +16,7 @@ from baton.errors import UsageError
 from baton.observe.events import new_id
 from baton.runtime.budget import Limits
 from baton.runtime.ids import check_run_id
+from baton.runtime.workflows import SHA_KEY, workflow_ref
 from baton.stores.base import RunRecord, StepRecord, Store
 
 if TYPE_CHECKING:
@@ -96,8 +97,11 @@ async def fork(engine: Engine, run_id: str, at: str, *, edit: Any = None, workfl
         kept = [_copied(s, fork_id) for s in steps_before(steps, at)]
         if edit is not None:
             kept.append(edited_step(next(s for s in steps if s.key == at), edit, fork_id))
-        chosen = engine._workflow_for(parent, workflow, "resume")  # the same rules as resume
+        chosen = engine._workflow_for(parent, workflow, "fork")  # the same rules as resume
         record = _fork_record(parent, fork_id, at, edited=edit is not None)
+        sha = getattr(chosen, "sha256", None)
+        if workflow is not None and isinstance(sha, str) and sha:  # the file named now is the one to check next time
+            record.workflow, record.metadata[SHA_KEY] = workflow_ref(chosen), sha
         await store.create_run(record)
         if kept:
             await store.put_steps(kept)
