@@ -199,3 +199,24 @@ async def test_no_listener_no_streaming(model: AnthropicModel, server: FakeAnthr
     assert not stream.wants_deltas
     stream.listen(got.append, deltas=True)
     assert stream.wants_deltas
+
+
+async def test_a_plain_break_also_stops_the_run(model: AnthropicModel, server: FakeAnthropicServer,
+                                                tmp_path: Path) -> None:
+    """Without aclosing: the dropped iterator is closed by the event loop, which stops the run."""
+    opts = options(model, tmp_path)
+    async for item in baton.stream(two_step, "t", run_id="plain-break", **opts):
+        if isinstance(item, Event) and item.kind == ev.TEXT_DELTA:
+            break
+    store = SQLiteStore(f"sqlite:///{tmp_path}/baton.db")
+    await store.open()
+    try:
+        for _ in range(100):  # bounded: the loop closes the iterator within a few iterations
+            record = await store.get_run("plain-break")
+            if record.status != "running":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await store.close()
+    assert record.status == "interrupted" and record.owner is None
+    assert not server.requests_matching("EDITOR")
