@@ -25,7 +25,7 @@ from baton.runtime.ratelimit import RateGovernor
 from baton.runtime.retry import RetryPolicy
 from baton.spec import load_workflow_file
 from baton.stores import open_store
-from baton.testing import FakeAnthropicServer, text
+from baton.testing import FakeAnthropicServer, json_reply, text
 from baton.testing.script import Reply
 
 pytestmark = pytest.mark.timeout(90)
@@ -201,3 +201,53 @@ async def test_a_changed_workflow_file_must_be_named_and_the_fork_records_it(
     record, _ = await journal(opts, forked.run_id)
     assert record.metadata["workflow_sha256"] == named.sha256 != (await journal(opts, result.run_id))[0].metadata[
         "workflow_sha256"]
+
+
+PLAN = {"subtasks": [{"id": "a", "worker": "alpha", "instruction": "do A", "depends_on": []},
+                     {"id": "b", "worker": "beta", "instruction": "do B", "depends_on": ["a"]}],
+        "synthesis_instructions": "merge"}
+
+
+@pytest.fixture
+async def orchestrated(server: FakeAnthropicServer, opts: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    server.add_rule("You are PLANNER", reply=json_reply(PLAN))
+    for name in ("ALPHA", "BETA"):
+        server.add_rule(f"You are {name}", reply=text(f"{name.lower()} result"))
+    server.add_rule("You are WRITER", reply=lambda req: text("final from: " + " | ".join(
+        line for line in req.messages[-1].text.splitlines() if "result" in line or "EDITED" in line)))
+    result = await baton.run(load_workflow_file(str(FLOW.parent / "orchestrated.yaml")), "topic", **opts)
+    assert result.ok, result.error
+    record, steps = await journal(opts, result.run_id)
+    assert [s.key for s in steps] == ["0/m0", "0", "s0/0/m0", "s0/0", "s1/0/m0", "s1/0", "synthesis/0/m0",
+                                      "synthesis/0"]
+    return record, [s.to_dict() for s in steps]
+
+
+@pytest.mark.parametrize(("at", "edit", "resent"), [
+    ("s1/0/m0", "EDITED BETA", {"PLANNER": 0, "ALPHA": 0, "BETA": 0, "WRITER": 1}),  # depth 3, edited
+    ("s0/0", None, {"PLANNER": 0, "ALPHA": 1, "BETA": 1, "WRITER": 1}),  # depth 2, executed again
+    ("synthesis/0/m0", None, {"PLANNER": 0, "ALPHA": 0, "BETA": 0, "WRITER": 1}),
+])
+async def test_forks_of_an_orchestrator_run(server: FakeAnthropicServer, opts: dict[str, Any],
+                                            orchestrated: tuple[Any, list[dict[str, Any]]], at: str,
+                                            edit: str | None, resent: dict[str, int]) -> None:
+    before = {n: sent(server, n) for n in resent}
+    result = await baton.fork(orchestrated[0].run_id, at=at, edit=edit, **opts)
+    assert result.ok, result.error
+    assert {n: sent(server, n) - before[n] for n in resent} == resent
+    if edit:
+        assert "EDITED BETA" in result.output and "beta result" not in result.output
+    else:
+        assert result.output == orchestrated[0].output
+    await check_parent_untouched(opts, orchestrated)
+
+
+async def test_an_edited_plan_changes_what_the_workers_do(server: FakeAnthropicServer, opts: dict[str, Any],
+                                                          orchestrated: tuple[Any, list[dict[str, Any]]]) -> None:
+    only_beta = {"subtasks": [{"id": "b", "worker": "beta", "instruction": "do B", "depends_on": []}],
+                 "synthesis_instructions": "merge"}
+    before = {n: sent(server, n) for n in ("PLANNER", "ALPHA", "BETA", "WRITER")}
+    result = await baton.fork(orchestrated[0].run_id, at="0/m0", edit=json.dumps(only_beta), **opts)
+    assert result.ok, result.error
+    assert {n: sent(server, n) - before[n] for n in before} == {"PLANNER": 0, "ALPHA": 0, "BETA": 1, "WRITER": 1}
+    await check_parent_untouched(opts, orchestrated)

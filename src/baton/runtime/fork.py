@@ -47,7 +47,7 @@ def steps_before(steps: list[StepRecord], at: str) -> list[StepRecord]:
 
 def edited_step(rec: StepRecord, edit: Any, run_id: str) -> StepRecord:
     """``rec`` with its result replaced by ``edit``: a model step's answer becomes the text
-    ``edit`` (one text block, end_turn); an agent step's output becomes ``edit``; a tool or
+    ``edit`` (one text block, end_turn; see ``_edited_answer`` for one tool call); an agent step's output becomes ``edit``; a tool or
     plain step's result becomes ``edit``."""
     if rec.status != "completed" or rec.kind not in _EDITABLE:
         raise UsageError(f"step {rec.key!r} is a {rec.status} {rec.kind} step; only a completed model, agent, "
@@ -55,7 +55,7 @@ def edited_step(rec: StepRecord, edit: Any, run_id: str) -> StepRecord:
     if rec.kind == "model":
         if not isinstance(edit, str):
             raise UsageError(f"step {rec.key!r} is a model step: its edit must be text")
-        result: Any = {**(rec.result or {}), "content": [{"type": "text", "text": edit}], "stop_reason": "end_turn"}
+        result: Any = _edited_answer(rec.result or {}, edit)
     elif rec.kind == "agent":
         old = (rec.result or {}).get("output")
         if isinstance(edit, str) and old is not None and not isinstance(old, str):
@@ -67,6 +67,18 @@ def edited_step(rec: StepRecord, edit: Any, run_id: str) -> StepRecord:
     now = time.time()
     return StepRecord(run_id, rec.key, rec.kind, rec.name, "completed", result=result, started_at=now,
                       ended_at=now, usage={}, cost_usd=0.0, attempts=0, meta=meta)
+
+
+def _edited_answer(answer: dict[str, Any], edit: str) -> dict[str, Any]:
+    """A model answer with ``edit`` in place of what it said. An answer that was one tool call (a
+    structured output's forced tool, a plan) and an edit that is a JSON object: the edit is that
+    call's input. Otherwise the answer becomes the text ``edit``."""
+    uses = [b for b in answer.get("content") or [] if isinstance(b, dict) and b.get("type") == "tool_use"]
+    if len(uses) == 1:
+        value = _json_or_text(edit)
+        if isinstance(value, dict):
+            return {**answer, "content": [{**uses[0], "input": value}], "stop_reason": "tool_use"}
+    return {**answer, "content": [{"type": "text", "text": edit}], "stop_reason": "end_turn"}
 
 
 def _json_or_text(text: str) -> Any:
