@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from baton.testing import FakeAnthropicServer, text
+from baton.testing import FakeAnthropicServer, Fault, text
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOW = str(ROOT / "tests" / "flows" / "three_stage.yaml")
@@ -58,3 +58,17 @@ def test_run_without_stream_does_not_stream(fresh: FakeAnthropicServer, tmp_path
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["output"].strip() == THIRD.strip()
     assert not any(req.stream for req in fresh.requests)
+
+
+def test_resume_stream_prints_only_the_steps_it_executes(fresh: FakeAnthropicServer, tmp_path: Path) -> None:
+    fresh.rules.clear()
+    fresh.add_rule("FIRST", reply=text("first says one"))
+    fresh.add_rule("SECOND", fault=Fault.status(400), times=1)
+    fresh.add_rule("SECOND", reply=text("second says two"))
+    fresh.add_rule("THIRD", reply=text(THIRD))
+    r = baton(tmp_path, fresh, "run", FLOW, "--input", "topic", "--stream", "--quiet", "--json")
+    assert r.returncode == 1 and r.stdout.startswith("first says one\n")
+    run_id = json.loads(r.stdout[len("first says one\n"):])["run_id"]
+    again = baton(tmp_path, fresh, "resume", run_id, "--stream", "--quiet")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"second says two\n{THIRD}\n{THIRD.rstrip()}\n"  # the first stage is not printed again

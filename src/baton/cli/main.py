@@ -270,6 +270,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 async def _cmd_resume(args: argparse.Namespace) -> int:
     workflow = _named_workflow(args)
     sinks = _Sinks(args)
+    from baton.cli.live import stream_sinks
+
+    sinks.sinks.extend(stream_sinks(args))  # --stream: completed steps replay, only new text prints
     engine = _engine(args, sinks)
     try:
         result = await engine.resume(args.run_id, workflow, force=args.force, budget_usd=args.budget_usd,
@@ -511,6 +514,7 @@ def _parser() -> argparse.ArgumentParser:
     _workflow_option(rs, "resume")
     store(rs)
     observe(rs)
+    add_stream_option(rs)
     rs.set_defaults(fn=_cmd_resume)
 
     ls = sub.add_parser("runs", help="list runs")
