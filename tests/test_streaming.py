@@ -220,3 +220,26 @@ async def test_a_plain_break_also_stops_the_run(model: AnthropicModel, server: F
         await store.close()
     assert record.status == "interrupted" and record.owner is None
     assert not server.requests_matching("EDITOR")
+
+
+def test_the_services_live_buffer_keeps_run_events_however_many_deltas_come() -> None:
+    from baton.server.live import LiveEvents
+
+    live = LiveEvents(per_run=5)
+    assert live.wants_deltas
+
+    def event(kind: str, **data: Any) -> Event:
+        return Event(kind, "r1", "t", "s", None, data)
+
+    live.handle(event(ev.RUN_START))
+    live.handle(event(ev.MODEL_REQUEST, key="0/m0"))
+    for i in range(20):
+        live.handle(event(ev.TEXT_DELTA, key="0/m0", text=f"p{i}"))
+    live.handle(event(ev.MODEL_RESPONSE, key="0/m0"))
+    live.handle(event(ev.RUN_END, status="succeeded"))
+    found, buf = live.since("r1", 0)
+    kinds = [k for _, k, _ in found]
+    assert kinds == [ev.RUN_START, ev.MODEL_REQUEST] + [ev.TEXT_DELTA] * 5 + [ev.MODEL_RESPONSE, ev.RUN_END]
+    assert [d["text"] for _, k, d in found if k == ev.TEXT_DELTA] == ["p15", "p16", "p17", "p18", "p19"]
+    assert [i for i, _, _ in found] == sorted(i for i, _, _ in found) and buf.ended
+    assert [k for _, k, _ in live.since("r1", 23)[0]] == [ev.RUN_END]  # ids: 1, 2, deltas 3-22, 23, 24
