@@ -7,7 +7,8 @@ import baton
 
 EXPECTED = [
     "Agent", "AgentResult", "BatonError", "Decision", "Handoff", "Limits", "RunContext", "RunResult", "Tool",
-    "ToolContext", "__version__", "approve", "register_workflow", "replay", "resume", "run", "run_sync", "tool",
+    "ToolContext", "__version__", "approve", "fork", "register_workflow", "replay", "resume", "run", "run_sync", "stream",
+    "stream_resume", "tool",
 ]
 
 

@@ -260,6 +260,10 @@ def test_sse_streams_the_run_and_resumes_after_last_event_id(model: FakeAnthropi
         assert kinds[0] == "run.start" and kinds[-1] == "run.end"
         assert kinds.count("model.response") == 3
         assert events[-1][2]["status"] == "succeeded"
+        # Agents' text as it was generated (issue 21): the last stage's deltas make up the run's output.
+        deltas = [d for _, k, d in events if k == "text.delta"]
+        last_key = deltas[-1]["key"] if deltas else None
+        assert "".join(d["text"] for d in deltas if d["key"] == last_key) == srv.wait(run_id)["output"]
         ids = [int(i) for i, _, _ in events if i is not None]
         assert ids == list(range(1, len(events) + 1))
         cut = ids[len(ids) // 2]

@@ -12,11 +12,12 @@
 """
 
 from baton.agent import Agent, AgentResult
-from baton.api import approve, register_workflow, replay, resume, run, run_sync
+from baton.api import approve, fork, register_workflow, replay, resume, run, run_sync
 from baton.context import Decision, Handoff, RunContext
 from baton.errors import BatonError
 from baton.runtime.budget import Limits
 from baton.runtime.engine import RunResult
+from baton.streaming import stream, stream_resume
 from baton.tools import Tool, ToolContext, tool
 
 __version__ = "0.1.0"
@@ -34,10 +35,13 @@ __all__ = [
     "ToolContext",
     "__version__",
     "approve",
+    "fork",
     "register_workflow",
     "replay",
     "resume",
     "run",
     "run_sync",
+    "stream",
+    "stream_resume",
     "tool",
 ]

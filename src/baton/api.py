@@ -10,7 +10,7 @@ from baton.runtime.budget import Limits
 from baton.runtime.engine import Engine, RunResult, Workflow, decide
 from baton.runtime.workflows import register_workflow
 
-__all__ = ["approve", "load_recorded_file", "register_workflow", "replay", "resume", "run", "run_sync"]
+__all__ = ["approve", "fork", "load_recorded_file", "register_workflow", "replay", "resume", "run", "run_sync"]
 
 
 def load_recorded_file(run_id: str, path: str, recorded: Any, command: str) -> Any:
@@ -65,6 +65,16 @@ async def approve(run_id: str, step: str, *, approved: bool = True, edit: Any = 
                   note: str | None = None, store: Any = None) -> None:
     """Record a human decision for a paused step; ``resume`` then continues past it."""
     await decide(run_id, step, approved=approved, edit=edit, by=by, note=note, store=store)
+
+
+async def fork(run_id: str, *, at: str, edit: Any = None, workflow: Workflow | None = None,
+               new_run_id: str | None = None, **options: Any) -> RunResult:
+    """A new run that reuses run ``run_id``'s journal before step ``at``, takes ``edit`` as the
+    result of ``at`` (a model step: its text) or executes ``at`` again (``edit=None``), and
+    continues with the same workflow (found as for ``resume``). The parent run is untouched."""
+    from baton.runtime.fork import fork as fork_run
+
+    return await fork_run(_engine(options), run_id, at, edit=edit, workflow=workflow, new_run_id=new_run_id)
 
 
 def run_sync(workflow: Workflow, input: Any = None, **kwargs: Any) -> RunResult:

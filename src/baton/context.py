@@ -320,6 +320,13 @@ class RunContext:
 
         await self.step(f"share:{key}", write)
 
+    def memory(self, namespace: str) -> Any:
+        """Long-term memory in ``namespace`` (kept across runs): ``put/get/list/delete``, each a
+        journaled step (``baton.memory.RunMemory``)."""
+        from baton.memory import RunMemory
+
+        return RunMemory(self, namespace)
+
     async def shared(self, key: str) -> Any:
         """Read ``key`` from this run's blackboard; journaled, so a resumed run reads the same value."""
         board = self._board()

@@ -257,6 +257,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     base = default_limits or workflow.limits
     limits = base.merged(budget_usd=args.budget_usd, budget_tokens=args.budget_tokens)
     sinks = _Sinks(args)
+    from baton.cli.live import stream_sinks
+
+    sinks.sinks.extend(stream_sinks(args))  # --stream
     engine = _engine(args, sinks)
     try:
         result = await engine.run(workflow, input_value, run_id=run_id, limits=limits)
@@ -271,6 +274,9 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 async def _cmd_resume(args: argparse.Namespace) -> int:
     workflow = _named_workflow(args)
     sinks = _Sinks(args)
+    from baton.cli.live import stream_sinks
+
+    sinks.sinks.extend(stream_sinks(args))  # --stream: completed steps replay, only new text prints
     engine = _engine(args, sinks)
     try:
         result = await engine.resume(args.run_id, workflow, force=args.force, budget_usd=args.budget_usd,
@@ -501,6 +507,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--run-id")
     store(r)
     observe(r)
+    from baton.cli.live import add_stream_option
+
+    add_stream_option(r)
     r.set_defaults(fn=_cmd_run)
 
     rs = sub.add_parser("resume", help="continue a stopped run from its journal")
@@ -509,6 +518,7 @@ def _parser() -> argparse.ArgumentParser:
     _workflow_option(rs, "resume")
     store(rs)
     observe(rs)
+    add_stream_option(rs)
     rs.set_defaults(fn=_cmd_resume)
 
     ls = sub.add_parser("runs", help="list runs")
@@ -558,6 +568,10 @@ def _parser() -> argparse.ArgumentParser:
     _workflow_option(rp, "replay")
     store(rp)
     rp.set_defaults(fn=_cmd_replay)
+
+    from baton.cli.live import add_fork_parser
+
+    add_fork_parser(sub)  # baton fork RUN_ID --at STEP
 
     from baton.server import add_serve_parser
 

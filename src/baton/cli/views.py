@@ -42,7 +42,7 @@ def _step_json(s: StepRecord) -> dict[str, Any]:
         "duration_s": round(s.ended_at - s.started_at, 3) if s.ended_at else None,
         "usage": s.usage or {}, "cost_usd": round(s.cost_usd, 6), "retries": max(0, s.attempts - 1),
     }
-    for k in ("prompt_version", "model", "cache_hit", "stop_reason"):
+    for k in ("prompt_version", "model", "cache_hit", "stop_reason", "forked_from", "edited"):
         if k in s.meta:
             d[k] = s.meta[k]
     if s.error:
@@ -54,6 +54,8 @@ def show_json(run: RunRecord, steps: list[StepRecord], transitions: list[Transit
     d = run.to_dict()
     d.pop("owner", None)
     d["warnings"] = list(run.metadata.get("warnings") or [])
+    if run.metadata.get("fork"):  # {"parent", "at", "edited"}: a run made by baton fork
+        d["fork"] = run.metadata["fork"]
     d["steps"] = step_tree(steps)
     d["transitions"] = [{"status": t.status, "at": t.at, "detail": t.detail} for t in transitions]
     d["prompt_versions"] = sorted({s.meta["prompt_version"] for s in steps if "prompt_version" in s.meta})
@@ -80,6 +82,10 @@ def show_text(run: RunRecord, steps: list[StepRecord], transitions: list[Transit
         f"  created {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(run.created_at))}"
         f"  model calls {run.model_calls}  tokens {_fmt_tokens(u) or '0'}  cost ${run.cost_usd:.4f}",
     ]
+    fork = run.metadata.get("fork")
+    if isinstance(fork, dict):
+        lines.append(f"  forked from run {fork.get('parent')} at step {fork.get('at')}"
+                     f" ({'edited result' if fork.get('edited') else 'executed again'})")
     if run.error:
         lines.append(f"  error: {run.error.get('type')}: {run.error.get('message')}")
     for warning in run.metadata.get("warnings") or []:
@@ -102,6 +108,10 @@ def show_text(run: RunRecord, steps: list[StepRecord], transitions: list[Transit
                 bits.append(f"stop={n['stop_reason']}")
             if n.get("cache_hit"):
                 bits.append("cache-hit")
+            if n.get("edited"):
+                bits.append("edited")
+            elif n.get("forked_from"):
+                bits.append("from-parent")
             lines.append("  " + "  ".join(bits))
             walk(n["children"], depth + 1)
 

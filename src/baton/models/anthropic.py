@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -34,10 +34,13 @@ from baton.messages import (
 from baton.models._wire import invalid_usage, parse_retry_after, wire_tokens
 
 JSON = dict[str, Any]
+OnDelta = Callable[[int, str, str], None]
+"""Called with (content block index, ``"text"`` or ``"tool_input"``, the new piece) as it arrives."""
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 SPEND_LIMIT_CODE = "enforced_spend_limit_reached"
+_SSE_ACCEPT = {"accept": "text/event-stream"}
 _KEPT_HEADER_PREFIXES = ("anthropic-ratelimit-", "retry-after")
 # An error event inside a 200 stream carries only a type; give it the status it would have had.
 _STREAM_ERROR_STATUS = {
@@ -248,7 +251,8 @@ def status_error(status: int, raw: bytes, headers: Mapping[str, str], *, secret:
 class _StreamAssembler:
     """Builds the final message from Messages-API SSE events."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_delta: OnDelta | None = None) -> None:
+        self.on_delta = on_delta
         self.message: JSON | None = None
         self.blocks: dict[int, JSON] = {}
         self.partial_json: dict[int, list[str]] = {}
@@ -268,9 +272,15 @@ class _StreamAssembler:
             block = self.blocks.setdefault(idx, {"type": "text", "text": ""})
             dtype = delta.get("type")
             if dtype == "text_delta":
-                block["text"] = block.get("text", "") + delta.get("text", "")
+                piece = delta.get("text", "")
+                block["text"] = block.get("text", "") + piece
+                if self.on_delta is not None and piece:
+                    self.on_delta(idx, "text", piece)
             elif dtype == "input_json_delta":
-                self.partial_json.setdefault(idx, []).append(delta.get("partial_json", ""))
+                piece = delta.get("partial_json", "")
+                self.partial_json.setdefault(idx, []).append(piece)
+                if self.on_delta is not None and piece:
+                    self.on_delta(idx, "tool_input", piece)
         elif kind == "content_block_stop":
             idx = data["index"]
             parts = self.partial_json.pop(idx, None)
@@ -310,6 +320,8 @@ class AnthropicModel:
     """
 
     provider = "anthropic"
+    streams_deltas = True
+    """``complete`` takes ``on_delta`` (the runtime passes one only while someone listens)."""
 
     def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
                  timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
@@ -363,19 +375,25 @@ class AnthropicModel:
         self._loop = loop
         return self._session
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        body = orjson.dumps(request_to_wire(request, stream=self.stream))
+    async def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
+        """One call. With ``on_delta`` it goes over SSE and ``on_delta`` gets each piece of text or
+        tool input as it arrives; the response is the same ``ModelResponse`` either way."""
+        stream = self.stream or on_delta is not None
+        body = orjson.dumps(request_to_wire(request, stream=stream))
         session = self._get_session()
         timeout = self._timeout if request.timeout_s is None else aiohttp.ClientTimeout(
             total=request.timeout_s, connect=min(self.connect_timeout_s, request.timeout_s))
+        # The session's accept header follows ``self.stream``; a call streamed for a listener says so itself.
+        extra = _SSE_ACCEPT if stream and not self.stream else None
         try:
-            async with session.post(self._url, data=body, timeout=timeout, allow_redirects=False) as resp:
+            async with session.post(self._url, data=body, timeout=timeout, allow_redirects=False,
+                                    headers=extra) as resp:
                 status = resp.status
                 headers = resp.headers
-                if status >= 400 or not self.stream:
+                if status >= 400 or not stream:
                     raw = await resp.read()
                 else:
-                    return await self._read_stream(resp)
+                    return await self._read_stream(resp, on_delta)
         except TimeoutError as exc:
             total = request.timeout_s if request.timeout_s is not None else self.timeout_s
             raise ProviderTimeout(f"anthropic: no response from {self.base_url} within {total:g}s") from exc
@@ -406,10 +424,10 @@ class AnthropicModel:
             headers=kept_headers(headers),
         )
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse) -> ModelResponse:
+    async def _read_stream(self, resp: aiohttp.ClientResponse, on_delta: OnDelta | None = None) -> ModelResponse:
         """Assemble a streamed message; errors inside the stream become ProviderErrors."""
         request_id = resp.headers.get("request-id")
-        asm = _StreamAssembler()
+        asm = _StreamAssembler(on_delta)
         event = ""
         data_lines: list[bytes] = []
         async for line in resp.content:

@@ -52,6 +52,10 @@ FAN_OUT_DONE = "fan_out.done"
 CONSENSUS_RESULT = "consensus.result"
 REFINE_ROUND = "refine.round"
 RUN_WARNING = "run.warning"
+TEXT_DELTA = "text.delta"
+"""A piece of a model's answer as it is generated: a view, never a journal record. Only
+listeners and sinks that ask for deltas (``listen(fn, deltas=True)``, a sink with
+``wants_deltas = True``) get these; with none, model calls are not streamed for them."""
 
 
 def new_id(nbytes: int = 8) -> str:
@@ -103,13 +107,15 @@ class EventStream:
     queue through immediately.
     """
 
-    __slots__ = ("_sinks", "_listeners", "_batched", "_immediate", "_root_hooks", "_pending", "_loop")
+    __slots__ = ("_sinks", "_listeners", "_batched", "_immediate", "_root_hooks", "_pending", "_loop",
+                 "_delta_fns", "_delta_listeners")
 
     def __init__(self, sinks: list[Sink] | None = None) -> None:
         self._sinks: list[Sink] = list(sinks or [])
         self._listeners: list[Callable[[Event], None]] = []
         self._pending: list[Event] = []
         self._loop: Any = None
+        self._delta_listeners: list[Callable[[Event], None]] = []
         self._sort_sinks()
 
     def _sort_sinks(self) -> None:
@@ -117,6 +123,22 @@ class EventStream:
         self._immediate = [s for s in self._sinks if not _batched(s)]
         # Called at emit for run-level events: e.g. the OTel sink notes the caller's current span.
         self._root_hooks = [s.note_root for s in self._batched if callable(getattr(s, "note_root", None))]
+        self._delta_fns: list[Callable[[Event], None]] = [
+            *(s.handle for s in self._sinks if getattr(s, "wants_deltas", False)), *self._delta_listeners]
+
+    @property
+    def wants_deltas(self) -> bool:
+        """Whether anyone takes ``text.delta`` events (the runtime streams model calls only then)."""
+        return bool(self._delta_fns)
+
+    def emit_delta(self, event: Event) -> None:
+        """A ``text.delta`` event, to the sinks and listeners that asked for deltas only: logs,
+        spans and metrics keep whole responses."""
+        for fn in self._delta_fns:
+            try:
+                fn(event)
+            except Exception:
+                log.exception("baton delta listener failed")
 
     @property
     def active(self) -> bool:
@@ -127,8 +149,12 @@ class EventStream:
         self._sinks.append(sink)
         self._sort_sinks()
 
-    def listen(self, fn: Callable[[Event], None]) -> None:
+    def listen(self, fn: Callable[[Event], None], *, deltas: bool = False) -> None:
+        """Call ``fn`` with every event; with ``deltas=True`` also with each ``text.delta``."""
         self._listeners.append(fn)
+        if deltas:
+            self._delta_listeners.append(fn)
+            self._delta_fns.append(fn)
 
     def emit(self, event: Event) -> None:
         if self._batched:

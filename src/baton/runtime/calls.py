@@ -31,6 +31,7 @@ from baton.errors import (
 from baton.messages import (
     ModelRequest,
     ModelResponse,
+    TextBlock,
     ToolResultBlock,
     ToolUseBlock,
     message_to_dict,
@@ -126,6 +127,10 @@ class Runtime:
     """Why the run stopped itself as interrupted (a tool's KeyboardInterrupt), for its error message."""
     warnings: list[dict[str, Any]] = field(default_factory=list)
     """Outcomes that succeeded but deserve a reader's attention (``RunContext.warn``)."""
+    stream_deltas: bool = False
+    tenant: str | None = None
+    """The service tenant the run belongs to (run metadata): long-term memory is kept per tenant."""
+    """Someone listens for ``text.delta`` events: model calls stream and report each piece."""
     _slots: asyncio.Semaphore | None = None
     _warm: dict[str, asyncio.Event] = field(default_factory=dict)
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
@@ -342,7 +347,10 @@ class Runtime:
             t0 = time.perf_counter()
             # The request runs as its own task, so cancelling the caller does not abort a request
             # already on the wire (the provider bills it): see ``_adopt``.
-            task, answer = _detached(binding.model.complete(wire))
+            if self.stream_deltas:  # someone listens for text deltas (one flag test when nobody does)
+                task, answer = _detached(self._streamed(ctx, call, span, attempt))
+            else:
+                task, answer = _detached(binding.model.complete(wire))
             try:
                 if wire.timeout_s is None:
                     response = await answer
@@ -357,6 +365,28 @@ class Runtime:
                 self._adopt(ctx, call, task, reservation, span, attempt, t0)
                 raise
         _check_usage(response, wire.max_tokens, binding.model.provider)
+        return response
+
+    async def _streamed(self, ctx: RunContext, call: _Call, span: str, attempt: int) -> ModelResponse:
+        """The call, with a ``text.delta`` event for each piece as it arrives. A model that cannot
+        stream gives its whole answer as one delta per block once it is back."""
+        model, events, agent = call.binding.model, self.events, call.agent.name
+
+        def on_delta(index: int, kind: str, piece: str) -> None:
+            events.emit_delta(Event(ev.TEXT_DELTA, self.run_id, self.trace_id, span, ctx.span_id, {
+                "agent": agent, "key": call.key, "attempt": attempt, "index": index, "type": kind,
+                "text": piece}))
+
+        if getattr(model, "streams_deltas", False):  # e.g. AnthropicModel: complete(request, on_delta=...)
+            streaming: Any = model
+            response: ModelResponse = await streaming.complete(call.wire, on_delta=on_delta)
+            return response
+        response = await model.complete(call.wire)
+        for i, block in enumerate(response.content):
+            if isinstance(block, TextBlock) and block.text:
+                on_delta(i, "text", block.text)
+            elif isinstance(block, ToolUseBlock):
+                on_delta(i, "tool_input", orjson.dumps(block.input).decode())
         return response
 
     def _adopt(self, ctx: RunContext, call: _Call, task: asyncio.Future[ModelResponse], reservation: Reservation,

@@ -361,6 +361,9 @@ class Engine:
             breakers=self.breakers or BreakerRegistry(defaults=getattr(workflow, "breaker", None)), governor=governor, cache=self.cache,
             cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
+        runtime.stream_deltas = events.wants_deltas
+        tenant = record.metadata.get("tenant")
+        runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
         runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(
             ev.BUDGET_CHECK, new_id(), runtime.run_span, {"limit": limit, "spent": spent_, "allowed": allowed, "ok": ok}
         ) if not ok else None
@@ -437,10 +440,12 @@ class Engine:
 
 
 def _prior_spend(journal: Journal) -> tuple[Usage, float, int]:
-    """What the journal's completed model calls already spent (a resumed run's budget counts them)."""
+    """What the journal's completed model calls already spent (a resumed run's budget counts them;
+    a fork's budget does not count the steps it copied from its parent)."""
     spent, spent_usd, calls = Usage(), 0.0, 0
     for step in journal.steps.values():
-        if step.kind == "model" and step.status == "completed":
+        if step.kind == "model" and step.status == "completed" and "forked_from" not in step.meta:  # a fork's
+            # copied steps were paid for by its parent run
             spent.add(Usage.from_dict(step.usage))
             spent_usd += step.cost_usd
             calls += 1

@@ -25,10 +25,16 @@ class RunBuffer:
     """The last event is the run's own ``run.end`` (a resume starts a new stretch)."""
     trace_id: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    deltas: deque[tuple[int, str, dict[str, Any]]] | None = None
+    """``text.delta`` events, kept apart so that a long answer's many pieces never push the
+    run's other events out of ``events`` (a reconnect with ``Last-Event-ID`` still finds them)."""
 
 
 class LiveEvents:
     """A sink: keeps each run's recent events and wakes whoever waits for them."""
+
+    wants_deltas = True
+    """``text.delta`` events reach the SSE stream too (the UI shows agents writing)."""
 
     def __init__(self, per_run: int = 2000, max_runs: int = 2000) -> None:
         self.per_run, self.max_runs = per_run, max_runs
@@ -48,7 +54,13 @@ class LiveEvents:
         buf = self.buffer(event.run_id)
         buf.seq += 1
         buf.trace_id = buf.trace_id or event.trace_id
-        buf.events.append((buf.seq, event.kind, redact(event.to_dict())))
+        item = (buf.seq, event.kind, redact(event.to_dict()))
+        if event.kind == ev.TEXT_DELTA:
+            if buf.deltas is None:
+                buf.deltas = deque(maxlen=self.per_run)
+            buf.deltas.append(item)
+        else:
+            buf.events.append(item)
         buf.ended = event.kind == ev.RUN_END and event.parent_id is None
         buf.changed.set()
         buf.changed = asyncio.Event()
@@ -62,4 +74,7 @@ class LiveEvents:
 
     def since(self, run_id: str, last: int) -> tuple[list[tuple[int, str, dict[str, Any]]], RunBuffer]:
         buf = self.buffer(run_id)
-        return [e for e in buf.events if e[0] > last], buf
+        found = [e for e in buf.events if e[0] > last]
+        if buf.deltas:
+            found = sorted(found + [e for e in buf.deltas if e[0] > last], key=lambda e: e[0])
+        return found, buf

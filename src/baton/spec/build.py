@@ -180,6 +180,11 @@ class _Builder:
                     tools.append(self.knowledge[kb].search_tool())
                 else:
                     self.problem(("agents", name, "knowledge", i), f"agent {name!r} uses unknown knowledge base {kb!r}")
+            memory = merged.pop("memory", None)
+            if memory is not None:
+                from baton.memory import memory_tools
+
+                tools.extend(memory_tools(memory))
             retry = merged.pop("retry", None)
             try:
                 if "output" in merged:

@@ -34,6 +34,8 @@ AGENT_PROPS: dict[str, Any] = {
               "uniqueItems": True},
     "knowledge": {"type": "array", "items": NAME, "uniqueItems": True,
                   "description": "knowledge bases this agent can search (one search_NAME tool each)"},
+    "memory": {"type": "string", "pattern": "^[A-Za-z0-9_.:@/-]{1,200}$",
+               "description": "a long-term memory namespace: the agent gets remember/recall/forget tools"},
     "output": {"type": "object", "description": "JSON Schema of the agent's structured output"},
     "max_tokens": POS_INT,
     "temperature": {"type": "number", "minimum": 0, "maximum": 1},

@@ -92,6 +92,15 @@ class MemoryStore:
     async def put_state(self, namespace: str, key: str, value: Any, ttl_s: float | None = None) -> None:
         self._state[(namespace, key)] = (_copy(value), time.time() + ttl_s if ttl_s else None)
 
+    async def list_state(self, namespace: str, prefix: str = "") -> list[str]:
+        now = time.time()
+        return sorted(k for (ns, k), (_, expires) in self._state.items()
+                      if ns == namespace and k.startswith(prefix) and (expires is None or expires >= now))
+
+    async def delete_state(self, namespace: str, key: str) -> bool:
+        item = self._state.pop((namespace, key), None)
+        return item is not None and (item[1] is None or item[1] >= time.time())
+
     async def get_state(self, namespace: str, key: str) -> Any:
         item = self._state.get((namespace, key))
         if item is None:

@@ -356,6 +356,22 @@ class PostgresStore:
             return None
         return _codec.decode_state(row[0], what=_codec.state_what(namespace, key, self.url))
 
+    async def list_state(self, namespace: str, prefix: str = "") -> list[str]:
+        async with self._session() as conn:
+            cur = await conn.execute(
+                "SELECT key FROM baton_state WHERE namespace = %s AND left(key, %s) = %s"
+                " AND (expires_at IS NULL OR expires_at >= %s) ORDER BY key COLLATE \"C\"",
+                (namespace, len(prefix), prefix, time.time()))
+            return [r[0] for r in await cur.fetchall()]
+
+    async def delete_state(self, namespace: str, key: str) -> bool:
+        now = time.time()
+        async with self._session() as conn:
+            cur = await conn.execute("DELETE FROM baton_state WHERE namespace = %s AND key = %s RETURNING expires_at",
+                                     (namespace, key))
+            row = await cur.fetchone()
+        return row is not None and (row[0] is None or row[0] >= now)
+
     async def purge_expired_state(self) -> int:
         """Delete expired state rows (reads already ignore them); returns how many."""
         async with self._session() as conn:

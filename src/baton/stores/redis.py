@@ -144,6 +144,11 @@ def _escape(part: str) -> str:
     return part.replace("\\", "\\\\").replace(":", "\\:")
 
 
+def _glob_literal(text: str) -> str:
+    """``text`` matched literally by a SCAN pattern."""
+    return "".join("\\" + ch if ch in "\\*?[]" else ch for ch in text)
+
+
 class RedisStore:
     """``Store`` on Redis; ``ttl_s`` expires each run's keys that long after its last write."""
 
@@ -342,6 +347,19 @@ class RedisStore:
                 await r.set(name, data, px=max(1, int(ttl_s * 1000)))
             else:  # already expired
                 await r.delete(name)
+
+    async def list_state(self, namespace: str, prefix: str = "") -> list[str]:
+        head = self._state_key(namespace, "")
+        pattern = _glob_literal(head + prefix) + "*"
+        keys: set[str] = set()
+        async with self._session() as r:
+            async for name in r.scan_iter(match=pattern, count=500):  # expired keys are gone already
+                keys.add(_text(name)[len(head):])
+        return sorted(keys)
+
+    async def delete_state(self, namespace: str, key: str) -> bool:
+        async with self._session() as r:
+            return bool(await r.delete(self._state_key(namespace, key)))
 
     async def get_state(self, namespace: str, key: str) -> Any:
         async with self._session() as r:

@@ -369,6 +369,28 @@ class SQLiteStore:
             return None
         return _codec.decode_state(data, what=_codec.state_what(namespace, key, self.url))
 
+    async def list_state(self, namespace: str, prefix: str = "") -> list[str]:
+        now = time.time()
+
+        def work(c: sqlite3.Connection) -> list[str]:
+            rows = c.execute("SELECT key FROM state WHERE namespace = ? AND substr(key, 1, ?) = ?"
+                             " AND (expires_at IS NULL OR expires_at >= ?) ORDER BY key",
+                             (namespace, len(prefix), prefix, now)).fetchall()
+            return [r[0] for r in rows]
+
+        return await self._run(work)
+
+    async def delete_state(self, namespace: str, key: str) -> bool:
+        now = time.time()
+
+        def work(c: sqlite3.Connection) -> bool:
+            cur = c.execute("DELETE FROM state WHERE namespace = ? AND key = ? RETURNING expires_at",
+                            (namespace, key))
+            row = cur.fetchone()
+            return row is not None and (row[0] is None or row[0] >= now)
+
+        return bool(await self._run(self._write, work))
+
     async def purge_expired_state(self) -> int:
         """Delete expired state rows (reads already ignore them); returns how many."""
         def work(c: sqlite3.Connection) -> int:
