@@ -40,18 +40,11 @@ async def two_step(ctx: baton.RunContext, topic: str) -> str:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakeAnthropicServer]:
-    async with FakeAnthropicServer() as s:
-        s.add_rule("WRITER", reply=text(LONG_A))
-        s.add_rule("EDITOR", reply=text(LONG_B))
-        yield s
-
-
-@pytest.fixture
-async def model(server: FakeAnthropicServer) -> AsyncIterator[AnthropicModel]:
-    m = AnthropicModel(api_key="sk-test", base_url=server.url)
-    yield m
-    await m.aclose()
+def server(server: FakeAnthropicServer) -> FakeAnthropicServer:
+    """conftest's fake Messages API, answering the two agents with long texts."""
+    server.add_rule("WRITER", reply=text(LONG_A))
+    server.add_rule("EDITOR", reply=text(LONG_B))
+    return server
 
 
 def options(model: Any, tmp_path: Path) -> dict[str, Any]:

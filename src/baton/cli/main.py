@@ -475,100 +475,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from baton.settings import limit_arg
-
     p = _Parser(prog="baton", description="Run teams of Claude agents: durable, budgeted, observable.")
     sub = p.add_subparsers(dest="command", required=True)
-
-    def store(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--store", help="store URL (default: $BATON_STORE or sqlite:///.baton/baton.db)")
-        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-    def observe(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--provider", help="anthropic | local | openai (default: $BATON_PROVIDER, then "
-                                           "anthropic if ANTHROPIC_API_KEY is set, else local)")
-        sp.add_argument("--log-jsonl", metavar="PATH", help="append every event as one JSON line")
-        sp.add_argument("--metrics-port", type=_port, metavar="N", help="serve Prometheus metrics while running")
-        sp.add_argument("--trace", choices=["console", "otlp"], help="export OpenTelemetry spans")
-        sp.add_argument("--capture", choices=["none", "metadata", "full"], default="metadata",
-                        help="how much prompt/output content logs and spans keep (default: metadata)")
-        sp.add_argument("--quiet", action="store_true", help="no live progress on stderr")
-        sp.add_argument("--cache", metavar="URL", help="exact-match result cache: sqlite:///PATH, redis://... "
-                                                       "or memory:// (default: $BATON_CACHE, else none)")
-        sp.add_argument("--cache-ttl", type=limit_arg("number", exclusive_minimum=0), metavar="S",
-                        help="result cache entry lifetime in seconds")
-        sp.add_argument("--budget-usd", type=limit_arg("number", minimum=0), metavar="X")
-        sp.add_argument("--budget-tokens", type=limit_arg("integer", minimum=1), metavar="N")
-
-    r = sub.add_parser("run", help="run a workflow file (or a Python workflow as module:function)")
-    r.add_argument("workflow")
-    r.add_argument("--input")
-    r.add_argument("--input-file")
-    r.add_argument("--run-id")
-    store(r)
-    observe(r)
-    from baton.cli.live import add_stream_option
-
-    add_stream_option(r)
-    r.set_defaults(fn=_cmd_run)
-
-    rs = sub.add_parser("resume", help="continue a stopped run from its journal")
-    rs.add_argument("run_id")
-    rs.add_argument("--force", action="store_true", help="take the run over even if its owner looks alive")
-    _workflow_option(rs, "resume")
-    store(rs)
-    observe(rs)
-    add_stream_option(rs)
-    rs.set_defaults(fn=_cmd_resume)
-
-    ls = sub.add_parser("runs", help="list runs")
-    ls.add_argument("--limit", type=_count(1, 1_000_000), default=50)
-    store(ls)
-    ls.set_defaults(fn=_cmd_runs)
-
-    sh = sub.add_parser("show", help="a run's steps: status, durations, tokens, cost, retries, prompt versions")
-    sh.add_argument("run_id")
-    store(sh)
-    sh.set_defaults(fn=_cmd_show)
-
-    st = sub.add_parser("stats", help="trace analysis over many runs")
-    st.add_argument("--limit", type=_count(1, 1_000_000), default=500)
-    store(st)
-    st.set_defaults(fn=_cmd_stats)
-
-    v = sub.add_parser("validate", help="check a workflow file and print its worst-case cost")
-    v.add_argument("workflow")
-    v.add_argument("--json", action="store_true")
-    v.add_argument("--assume-input-tokens", type=_count(0, 10_000_000), default=8000)
-    v.set_defaults(fn=_cmd_validate)
-
-    a = sub.add_parser("approve", help="approve or reject a step awaiting a human decision")
-    a.add_argument("run_id")
-    a.add_argument("step")
-    g = a.add_mutually_exclusive_group()
-    g.add_argument("--approve", action="store_true", default=True)
-    g.add_argument("--reject", action="store_true")
-    a.add_argument("--edit", help="replacement value (JSON or text) passed on to the workflow")
-    a.add_argument("--by")
-    a.add_argument("--note")
-    a.add_argument("--resume", action="store_true", help="resume the run right away")
-    _workflow_option(a, "resume")
-    store(a)
-    a.set_defaults(fn=_cmd_approve)
-
-    c = sub.add_parser("cancel", help="mark a stopped run cancelled (it will not be resumed)")
-    c.add_argument("run_id")
-    c.add_argument("--force", action="store_true", help="even if a live process seems to own it")
-    c.add_argument("--reason")
-    store(c)
-    c.set_defaults(fn=_cmd_cancel)
-
-    rp = sub.add_parser("replay", help="re-execute against the journal only and report divergence")
-    rp.add_argument("run_id")
-    _workflow_option(rp, "replay")
-    store(rp)
-    rp.set_defaults(fn=_cmd_replay)
-
+    _add_run_parsers(sub)
+    _add_inspect_parsers(sub)
+    _add_control_parsers(sub)
     from baton.cli.live import add_fork_parser
 
     add_fork_parser(sub)  # baton fork RUN_ID --at STEP
@@ -581,6 +492,108 @@ def _parser() -> argparse.ArgumentParser:
 
     add_index_parser(sub)  # baton index WF.yaml
     return p
+
+
+def _store_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--store", help="store URL (default: $BATON_STORE or sqlite:///.baton/baton.db)")
+    sp.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _observe_options(sp: argparse.ArgumentParser) -> None:
+    from baton.settings import limit_arg
+
+    sp.add_argument("--provider", help="anthropic | local | openai (default: $BATON_PROVIDER, then "
+                                       "anthropic if ANTHROPIC_API_KEY is set, else local)")
+    sp.add_argument("--log-jsonl", metavar="PATH", help="append every event as one JSON line")
+    sp.add_argument("--metrics-port", type=_port, metavar="N", help="serve Prometheus metrics while running")
+    sp.add_argument("--trace", choices=["console", "otlp"], help="export OpenTelemetry spans")
+    sp.add_argument("--capture", choices=["none", "metadata", "full"], default="metadata",
+                    help="how much prompt/output content logs and spans keep (default: metadata)")
+    sp.add_argument("--quiet", action="store_true", help="no live progress on stderr")
+    sp.add_argument("--cache", metavar="URL", help="exact-match result cache: sqlite:///PATH, redis://... "
+                                                   "or memory:// (default: $BATON_CACHE, else none)")
+    sp.add_argument("--cache-ttl", type=limit_arg("number", exclusive_minimum=0), metavar="S",
+                    help="result cache entry lifetime in seconds")
+    sp.add_argument("--budget-usd", type=limit_arg("number", minimum=0), metavar="X")
+    sp.add_argument("--budget-tokens", type=limit_arg("integer", minimum=1), metavar="N")
+
+
+def _add_run_parsers(sub: Any) -> None:
+    """run and resume: the commands that execute a workflow."""
+    r = sub.add_parser("run", help="run a workflow file (or a Python workflow as module:function)")
+    r.add_argument("workflow")
+    r.add_argument("--input")
+    r.add_argument("--input-file")
+    r.add_argument("--run-id")
+    _store_options(r)
+    _observe_options(r)
+    from baton.cli.live import add_stream_option
+
+    add_stream_option(r)
+    r.set_defaults(fn=_cmd_run)
+
+    rs = sub.add_parser("resume", help="continue a stopped run from its journal")
+    rs.add_argument("run_id")
+    rs.add_argument("--force", action="store_true", help="take the run over even if its owner looks alive")
+    _workflow_option(rs, "resume")
+    _store_options(rs)
+    _observe_options(rs)
+    add_stream_option(rs)
+    rs.set_defaults(fn=_cmd_resume)
+
+
+def _add_inspect_parsers(sub: Any) -> None:
+    """runs, show, stats, validate: read-only views."""
+    ls = sub.add_parser("runs", help="list runs")
+    ls.add_argument("--limit", type=_count(1, 1_000_000), default=50)
+    _store_options(ls)
+    ls.set_defaults(fn=_cmd_runs)
+
+    sh = sub.add_parser("show", help="a run's steps: status, durations, tokens, cost, retries, prompt versions")
+    sh.add_argument("run_id")
+    _store_options(sh)
+    sh.set_defaults(fn=_cmd_show)
+
+    st = sub.add_parser("stats", help="trace analysis over many runs")
+    st.add_argument("--limit", type=_count(1, 1_000_000), default=500)
+    _store_options(st)
+    st.set_defaults(fn=_cmd_stats)
+
+    v = sub.add_parser("validate", help="check a workflow file and print its worst-case cost")
+    v.add_argument("workflow")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--assume-input-tokens", type=_count(0, 10_000_000), default=8000)
+    v.set_defaults(fn=_cmd_validate)
+
+
+def _add_control_parsers(sub: Any) -> None:
+    """approve, cancel, replay: acting on a stored run."""
+    a = sub.add_parser("approve", help="approve or reject a step awaiting a human decision")
+    a.add_argument("run_id")
+    a.add_argument("step")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--approve", action="store_true", default=True)
+    g.add_argument("--reject", action="store_true")
+    a.add_argument("--edit", help="replacement value (JSON or text) passed on to the workflow")
+    a.add_argument("--by")
+    a.add_argument("--note")
+    a.add_argument("--resume", action="store_true", help="resume the run right away")
+    _workflow_option(a, "resume")
+    _store_options(a)
+    a.set_defaults(fn=_cmd_approve)
+
+    c = sub.add_parser("cancel", help="mark a stopped run cancelled (it will not be resumed)")
+    c.add_argument("run_id")
+    c.add_argument("--force", action="store_true", help="even if a live process seems to own it")
+    c.add_argument("--reason")
+    _store_options(c)
+    c.set_defaults(fn=_cmd_cancel)
+
+    rp = sub.add_parser("replay", help="re-execute against the journal only and report divergence")
+    rp.add_argument("run_id")
+    _workflow_option(rp, "replay")
+    _store_options(rp)
+    rp.set_defaults(fn=_cmd_replay)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

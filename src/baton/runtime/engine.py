@@ -345,28 +345,8 @@ class Engine:
 
         owner = await self._claim(store, record, force)
         journal = Journal(store, record.run_id, owner.token) if self.durable else None
-        spent, spent_usd, calls = Usage(), 0.0, 0
-        if journal is not None:
-            await journal.load()
-            spent, spent_usd, calls = _prior_spend(journal)
-        events = EventStream(list(self.sinks))
-        from baton.runtime.ratelimit import RateLimits
-
-        governor = self.governor or shared_governor()
-        for key, value in (getattr(workflow, "rate_limits", None) or {}).items():
-            governor.set_limits(key, value if isinstance(value, RateLimits) else RateLimits.from_dict(value))
-        runtime = Runtime(
-            record.run_id, journal, BudgetTracker(limits, spent=spent, spent_usd=spent_usd, model_calls=calls),
-            events, self._binder(opened), retry=self.retry or getattr(workflow, "retry", None) or RetryPolicy(),
-            breakers=self.breakers or BreakerRegistry(defaults=getattr(workflow, "breaker", None)), governor=governor, cache=self.cache,
-            cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
-        )
-        runtime.stream_deltas = events.wants_deltas
-        tenant = record.metadata.get("tenant")
-        runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
-        runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(
-            ev.BUDGET_CHECK, new_id(), runtime.run_span, {"limit": limit, "spent": spent_, "allowed": allowed, "ok": ok}
-        ) if not ok else None
+        runtime = await self._new_runtime(record, workflow, limits, journal, opened)
+        events = runtime.events
         record.status = "running"
         record.error = None
         await store.update_run(record, transition="running", detail={"owner": owner.to_dict()},
@@ -389,15 +369,7 @@ class Engine:
             output = _json_output(await work)
             status = "succeeded"
         except (Exception, asyncio.CancelledError, KeyboardInterrupt) as exc:
-            if lost or isinstance(exc, RunOwnedElsewhere):
-                pending = exc if isinstance(exc, RunOwnedElsewhere) else displaced(record.run_id)
-                status, error = "interrupted", _error_dict(pending)
-            else:
-                status, error = _status_for(exc), _error_dict(exc)
-                if runtime.stop_reason is not None:  # the run stopped itself (a tool's KeyboardInterrupt)
-                    error["message"] = runtime.stop_reason
-                elif isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
-                    pending = exc
+            status, error, pending = _outcome(exc, lost, record.run_id, runtime.stop_reason)
         finally:
             if not work.done():  # we were cancelled: let the workflow unwind before recording the end
                 work.cancel()
@@ -412,6 +384,51 @@ class Engine:
         with contextlib.suppress(Exception):
             if journal is not None:
                 await journal.drain()
+        status, error, pending = await self._record_end(store, record, runtime, owner.token,
+                                                        status, output, error, pending)
+        budget = runtime.budget
+        duration = time.monotonic() - t0
+        runtime.emit(ev.RUN_END, runtime.run_span, None, {
+            "status": status, "duration_s": duration, "usage": budget.usage.to_dict(), "cost_usd": budget.cost_usd,
+            "model_calls": budget.model_calls, "error": error})
+        events.close()
+        if pending is not None:
+            raise pending
+        return RunResult(record.run_id, status, output, budget.usage, budget.cost_usd, budget.model_calls,
+                         duration, error, list(runtime.warnings))
+
+    async def _new_runtime(self, record: RunRecord, workflow: Workflow, limits: Limits, journal: Journal | None,
+                           opened: list[Any]) -> Runtime:
+        """The run's runtime: budget carried over from the journal, rate limits, retry and breakers."""
+        from baton.runtime.ratelimit import RateLimits
+
+        spent, spent_usd, calls = Usage(), 0.0, 0
+        if journal is not None:
+            await journal.load()
+            spent, spent_usd, calls = _prior_spend(journal)
+        events = EventStream(list(self.sinks))
+        governor = self.governor or shared_governor()
+        for key, value in (getattr(workflow, "rate_limits", None) or {}).items():
+            governor.set_limits(key, value if isinstance(value, RateLimits) else RateLimits.from_dict(value))
+        runtime = Runtime(
+            record.run_id, journal, BudgetTracker(limits, spent=spent, spent_usd=spent_usd, model_calls=calls),
+            events, self._binder(opened), retry=self.retry or getattr(workflow, "retry", None) or RetryPolicy(),
+            breakers=self.breakers or BreakerRegistry(defaults=getattr(workflow, "breaker", None)),
+            governor=governor, cache=self.cache, cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
+        )
+        runtime.stream_deltas = events.wants_deltas
+        tenant = record.metadata.get("tenant")
+        runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
+        runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(
+            ev.BUDGET_CHECK, new_id(), runtime.run_span, {"limit": limit, "spent": spent_, "allowed": allowed, "ok": ok}
+        ) if not ok else None
+        return runtime
+
+    async def _record_end(self, store: Store, record: RunRecord, runtime: Runtime, owner_token: str, status: str,
+                          output: Any, error: dict[str, Any] | None, pending: BaseException | None,
+                          ) -> tuple[str, dict[str, Any] | None, BaseException | None]:
+        """Store how the run ended (unless a new owner took it over); returns the final status,
+        error and the exception still to raise."""
         budget = runtime.budget
         record.status = status  # type: ignore[assignment]
         record.output, record.error = output, error
@@ -425,18 +442,25 @@ class Engine:
         if not isinstance(pending, RunOwnedElsewhere):  # a displaced owner leaves the run to the new one
             try:
                 await store.update_run(record, transition=status, detail={"error": error} if error else {},
-                                       owner_token=owner.token)
+                                       owner_token=owner_token)
             except RunOwnedElsewhere as exc:  # taken over after the workflow's last step
                 pending, status, error = exc, "interrupted", _error_dict(exc)
-        duration = time.monotonic() - t0
-        runtime.emit(ev.RUN_END, runtime.run_span, None, {
-            "status": status, "duration_s": duration, "usage": budget.usage.to_dict(), "cost_usd": budget.cost_usd,
-            "model_calls": budget.model_calls, "error": error})
-        events.close()
-        if pending is not None:
-            raise pending
-        return RunResult(record.run_id, status, output, budget.usage, budget.cost_usd, budget.model_calls,
-                         duration, error, list(runtime.warnings))
+        return status, error, pending
+
+
+def _outcome(exc: BaseException, lost: bool, run_id: str, stop_reason: str | None,
+             ) -> tuple[str, dict[str, Any], BaseException | None]:
+    """How a workflow that raised ``exc`` ended: status, error, and the exception to raise after
+    recording (a lost claim, an interrupt), if any."""
+    if lost or isinstance(exc, RunOwnedElsewhere):
+        pending: BaseException = exc if isinstance(exc, RunOwnedElsewhere) else displaced(run_id)
+        return "interrupted", _error_dict(pending), pending
+    error = _error_dict(exc)
+    if stop_reason is not None:  # the run stopped itself (a tool's KeyboardInterrupt)
+        error["message"] = stop_reason
+        return _status_for(exc), error, None
+    interrupt = isinstance(exc, asyncio.CancelledError | KeyboardInterrupt)
+    return _status_for(exc), error, exc if interrupt else None
 
 
 def _prior_spend(journal: Journal) -> tuple[Usage, float, int]:
