@@ -8,6 +8,7 @@ output plus an assumed input size. The run's own limits (``max_model_calls``,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,7 +64,6 @@ def _target(t: Any, input_tokens: int) -> Bound:
 
 def workflow_bound(wf: Any, input_tokens: int = DEFAULT_INPUT_TOKENS, *, capped: bool = True) -> Bound:
     """The bound of a built ``YamlWorkflow``."""
-    spec = wf.spec["workflow"]
     agents: dict[str, Agent] = wf.agents
     nested = {k.rsplit("/", 1)[-1]: v for k, v in wf.nested.items()}
 
@@ -76,61 +76,64 @@ def workflow_bound(wf: Any, input_tokens: int = DEFAULT_INPUT_TOKENS, *, capped:
     def agent(name: str | None) -> Bound:
         return _agent(agents.get(name) if name else None, input_tokens)
 
+    b = _pattern_bound(wf.spec["workflow"], ref, agent)
+    return _capped(b, wf.limits) if capped else b
+
+
+def _total(bounds: Iterable[Bound]) -> Bound:
+    total = Bound()
+    for b in bounds:
+        total = total + b
+    return total
+
+
+def _pattern_bound(spec: dict[str, Any], ref: Callable[[Any], Bound], agent: Callable[[str | None], Bound]) -> Bound:
+    """The worst case of one pattern: ``ref`` bounds an agent or nested workflow, ``agent`` a named agent."""
     kind = spec["pattern"]
     if kind == "agent":
-        b = ref(spec["agent"])
-    elif kind == "pipeline":
-        b = Bound()
-        for s in spec["stages"]:
-            if isinstance(s, dict) and ("gate" in s or "name" in s):
-                b = b + ref({k: v for k, v in s.items() if k in ("agent", "workflow")} if "workflow" in s
-                            else s.get("agent")) + agent(s.get("gate"))
-            else:
-                b = b + ref(s)
-    elif kind == "orchestrator":
-        replans = spec.get("max_replans", 2) + 1
-        b = (agent(spec["planner"]).times(replans)
-             + Bound.worst([ref(w) for w in spec["workers"]]).times(spec.get("max_subtasks", 10))
-             + agent(spec.get("synthesizer")))
-    elif kind == "fan_out":
+        return ref(spec["agent"])
+    if kind == "pipeline":
+        def stage(s: Any) -> Bound:
+            if not (isinstance(s, dict) and ("gate" in s or "name" in s)):
+                return ref(s)
+            target = {k: v for k, v in s.items() if k in ("agent", "workflow")} if "workflow" in s else s.get("agent")
+            return ref(target) + agent(s.get("gate"))
+
+        return _total(stage(s) for s in spec["stages"])
+    if kind == "orchestrator":
+        return (agent(spec["planner"]).times(spec.get("max_replans", 2) + 1)
+                + Bound.worst([ref(w) for w in spec["workers"]]).times(spec.get("max_subtasks", 10))
+                + agent(spec.get("synthesizer")))
+    if kind == "fan_out":
         if "agents" in spec:
-            b = Bound()
-            for a in spec["agents"]:
-                b = b + ref(a)
+            branches = _total(ref(a) for a in spec["agents"])
         else:  # items are capped (max_items), so the bound is absolute
-            b = ref(spec["each"]["agent"]).times(spec.get("max_items", DEFAULT_MAX_ITEMS))
-        b = b + agent(spec.get("aggregator"))
-    elif kind == "router":
+            branches = ref(spec["each"]["agent"]).times(spec.get("max_items", DEFAULT_MAX_ITEMS))
+        return branches + agent(spec.get("aggregator"))
+    if kind == "router":
         routes = [ref(r) for r in spec["routes"].values()]
         if "fallback" in spec:
             routes.append(ref(spec["fallback"]))
-        b = agent(spec["classifier"]) + Bound.worst(routes)
-    elif kind == "consensus":
-        b = Bound()
-        for v in spec["voters"]:
-            b = b + ref(v)
-        b = b + agent(spec.get("judge"))
-    elif kind == "refine":
-        rounds = spec.get("max_rounds", 3)
-        critics = Bound()
-        for c in spec["critics"]:
-            critics = critics + agent(c)
-        b = agent(spec["drafter"]) + (critics + agent(spec.get("reviser") or spec["drafter"])).times(rounds)
-    elif kind == "bus":
-        handlers = [agent(n) for n in spec["subscriptions"]]
-        b = Bound.worst(handlers).times(spec.get("max_messages", 100))
-    elif kind == "handoffs":
-        b = Bound.worst([agent(n) for n in spec["agents"]]).times(spec.get("max_handoffs", 5) + 1)
-    elif kind == "fallback":
-        b = Bound()
-        for t in spec["chain"]:
-            b = b + ref(t) + agent(spec.get("gate"))
-    else:
-        b = Bound()
-    if capped:
-        limits = wf.limits
-        if limits.max_model_calls is not None and b.calls > limits.max_model_calls and b.calls:
-            b = b.times(limits.max_model_calls / b.calls)
-        if limits.budget_usd is not None and b.usd > limits.budget_usd:
-            b = Bound(b.calls, limits.budget_usd, b.unpriced, b.per_item)
+        return agent(spec["classifier"]) + Bound.worst(routes)
+    if kind == "consensus":
+        return _total(ref(v) for v in spec["voters"]) + agent(spec.get("judge"))
+    if kind == "refine":
+        critics = _total(agent(c) for c in spec["critics"])
+        return agent(spec["drafter"]) + (critics + agent(spec.get("reviser") or spec["drafter"])).times(
+            spec.get("max_rounds", 3))
+    if kind == "bus":
+        return Bound.worst([agent(n) for n in spec["subscriptions"]]).times(spec.get("max_messages", 100))
+    if kind == "handoffs":
+        return Bound.worst([agent(n) for n in spec["agents"]]).times(spec.get("max_handoffs", 5) + 1)
+    if kind == "fallback":
+        return _total(ref(t) + agent(spec.get("gate")) for t in spec["chain"])
+    return Bound()
+
+
+def _capped(b: Bound, limits: Any) -> Bound:
+    """What the file's own limits let the run spend at most."""
+    if limits.max_model_calls is not None and b.calls > limits.max_model_calls and b.calls:
+        b = b.times(limits.max_model_calls / b.calls)
+    if limits.budget_usd is not None and b.usd > limits.budget_usd:
+        b = Bound(b.calls, limits.budget_usd, b.unpriced, b.per_item)
     return b
