@@ -49,6 +49,36 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+def _notice_line(kind: str, d: dict[str, Any]) -> str | None:
+    """The plain progress line an event deserves on its own (None: it only moves the counters)."""
+    if kind == ev.MODEL_ERROR:
+        status = f" {d['status']}" if d.get("status") is not None else ""
+        return f"model {d.get('model')} error{status}: {d.get('error_type')}"
+    if kind == ev.TOOL_DENIED:
+        return f"agent {d.get('agent')} asked for tool {d.get('tool')}, which it was not given"
+    if kind == ev.RETRY:
+        return (f"retry {d.get('target')} attempt {int(_num(d.get('attempt'))) + 1} "
+                f"in {_num(d.get('delay_s')):.1f}s ({d.get('error_type')})")
+    if kind == ev.RATE_LIMIT_WAIT:
+        return f"rate limit: waited {_num(d.get('wait_s')):.1f}s for {d.get('model')}"
+    if kind == ev.BREAKER_CHANGE:
+        return f"breaker {d.get('target')}: {d.get('old')} -> {d.get('new')}"
+    if kind == ev.APPROVAL_REQUESTED:
+        return f"approval requested: {d.get('step')}"
+    if kind == ev.APPROVAL_DECIDED:
+        return f"approval {d.get('step')}: {'approved' if d.get('approved') else 'rejected'}"
+    if kind == ev.BUDGET_CHECK and d.get("ok") is False:
+        return f"budget: {d.get('limit')} limit reached ({d.get('spent')} of {d.get('allowed')})"
+    if kind == ev.PLAN_INVALID:
+        return _plan_line(d)
+    if kind == ev.RUN_WARNING:
+        return f"warning from {d.get('source')}: {d.get('code')}"
+    if kind == ev.PLAN_REPAIRED:
+        changes = d.get("changes")
+        return f"plan repaired ({len(changes)} changes)" if isinstance(changes, list) else "plan repaired"
+    return None
+
+
 class ProgressSink:
     """Show a run's progress on ``stream`` (stderr by default).
 
@@ -146,41 +176,22 @@ class ProgressSink:
             self.cost_usd += _num(d.get("cost_usd"))
             if d.get("stop_reason") in _NOTABLE_STOPS:
                 line = f"agent {d.get('agent')}: model {d.get('model')} stopped: {d.get('stop_reason')}"
-        elif kind == ev.MODEL_ERROR:
-            status = f" {d['status']}" if d.get("status") is not None else ""
-            line = f"model {d.get('model')} error{status}: {d.get('error_type')}"
-        elif kind == ev.TOOL_CALL:
-            self.tool_calls += 1
-        elif kind == ev.TOOL_DENIED:
-            line = f"agent {d.get('agent')} asked for tool {d.get('tool')}, which it was not given"
-        elif kind == ev.STEP_END:
-            self.steps_done += 1
-        elif kind == ev.RETRY:
-            self.retries += 1
-            line = (f"retry {d.get('target')} attempt {int(_num(d.get('attempt'))) + 1} "
-                    f"in {_num(d.get('delay_s')):.1f}s ({d.get('error_type')})")
-        elif kind == ev.RATE_LIMIT_WAIT:
-            line = f"rate limit: waited {_num(d.get('wait_s')):.1f}s for {d.get('model')}"
-        elif kind == ev.BREAKER_CHANGE:
-            line = f"breaker {d.get('target')}: {d.get('old')} -> {d.get('new')}"
-        elif kind == ev.APPROVAL_REQUESTED:
-            line = f"approval requested: {d.get('step')}"
-        elif kind == ev.APPROVAL_DECIDED:
-            line = f"approval {d.get('step')}: {'approved' if d.get('approved') else 'rejected'}"
-        elif kind == ev.BUDGET_CHECK and d.get("ok") is False:
-            line = f"budget: {d.get('limit')} limit reached ({d.get('spent')} of {d.get('allowed')})"
-        elif kind == ev.PLAN_INVALID:
-            line = _plan_line(d)
-        elif kind == ev.RUN_WARNING:
-            line = f"warning from {d.get('source')}: {d.get('code')}"
-        elif kind == ev.PLAN_REPAIRED:
-            changes = d.get("changes")
-            line = f"plan repaired ({len(changes)} changes)" if isinstance(changes, list) else "plan repaired"
+        else:
+            self._count(kind)
+            line = _notice_line(kind, d)
         self._dirty = True
         if line is not None:
             self._print_line(f"[{self._elapsed(event.ts):7.2f}s] {line}")
         if self.tty:
             self._maybe_redraw()
+
+    def _count(self, kind: str) -> None:
+        if kind == ev.TOOL_CALL:
+            self.tool_calls += 1
+        elif kind == ev.STEP_END:
+            self.steps_done += 1
+        elif kind == ev.RETRY:
+            self.retries += 1
 
     def close(self) -> None:
         with self._lock:
