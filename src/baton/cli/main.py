@@ -487,6 +487,9 @@ def _parser() -> argparse.ArgumentParser:
     from baton.server import add_serve_parser
 
     add_serve_parser(sub)
+    from baton.server.ui.local import add_ui_parser
+
+    add_ui_parser(sub)  # baton ui [--store URL] [--port N]: the web UI, read-only
 
     from baton.cli.index import add_parser as add_index_parser
 

@@ -28,6 +28,8 @@ def add_serve_parser(sub: Any) -> None:
     s.add_argument("--webhook-window", type=float, default=300.0, metavar="S",
                    help="how old a webhook's X-Baton-Timestamp may be")
     s.add_argument("--no-access-log", action="store_true")
+    s.add_argument("--ui-capture", choices=["none", "metadata", "full"], default="full",
+                   help="how much step content the web UI at /ui/ shows (redacted as in logs; default full)")
     s.set_defaults(fn=cmd_serve, own_signals=True)  # uvicorn's shutdown handles SIGTERM (checkpoints runs)
 
 

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from baton.errors import BatonError, UsageError
+from baton.observe.redact import Capture
 from baton.server.config import TenantLimits, webhook_secret, webhook_tenant
 from baton.server.http import AccessLog, ApiError, BodyLimit, error_response
 from baton.server.models import ERRORS, RETRIED, Accepted, Decision, RunIn
@@ -42,6 +43,8 @@ class ServeConfig:
     sweep_s: float = 15.0
     webhook_window_s: float = 300.0
     access_log: bool = True
+    ui_capture: Capture = "full"
+    """How much step content the web UI shows (redacted as in logs): none, metadata or full."""
 
 
 def _tenant(request: Request, svc: Service) -> str:
@@ -215,6 +218,13 @@ def _routes_run_control(app: FastAPI, svc: Service) -> None:
         record = await svc.runs.cancel(record)
         return {"run_id": run_id, "status": record.status}
 
+    @app.post("/v1/runs/{run_id}/resume", status_code=202, tags=["runs"], responses=ERRORS)
+    async def resume_run(run_id: str, request: Request) -> dict[str, Any]:
+        """Queue a stopped run (interrupted, failed, budget-stopped) again; it continues from its journal."""
+        record = await svc.owned_run(_tenant(request, svc), run_id, request)
+        await svc.runs.resume(record)
+        return {"run_id": run_id, "status": "pending"}
+
     @app.post("/v1/runs/{run_id}/approvals/{step:path}", status_code=202, tags=["runs"], responses=ERRORS,
               openapi_extra=_body_doc(Decision))
     async def approve(run_id: str, step: str, request: Request) -> dict[str, Any]:
@@ -294,9 +304,15 @@ def _routes_misc(app: FastAPI, svc: Service) -> None:
         body, ctype = svc.metrics.render(len(svc.runs.waiting), len(svc.runs.active))
         return Response(body, media_type=ctype)
 
-    @app.get("/ui/", include_in_schema=False)
-    async def ui() -> Response:
-        return JSONResponse({"ui": "not built yet; use the /v1 API"}, status_code=501)
+
+
+def _mount_ui(app: FastAPI, svc: Service, config: ServeConfig) -> None:
+    """The web UI at ``/ui/`` (baton.server.ui): the same keys and tenants as ``/v1``."""
+    from baton.server.ui import mount_ui
+    from baton.server.ui.auth import Sessions
+    from baton.server.ui.source import ServiceSource
+
+    mount_ui(app, ServiceSource(svc), sessions=Sessions(config.keys), capture=config.ui_capture)
 
 
 def create_app(config: ServeConfig) -> Any:
@@ -318,6 +334,7 @@ def create_app(config: ServeConfig) -> Any:
     _routes_runs(app, svc)
     _routes_run_control(app, svc)
     _routes_hooks(app, svc, config.webhook_window_s)
+    _mount_ui(app, svc, config)
     return AccessLog(BodyLimit(app, config.max_body_bytes), svc.metrics, svc.live.trace_id,
                      enabled=config.access_log)
 

@@ -28,6 +28,7 @@ log = logging.getLogger("baton.server")
 
 ACTIVE = frozenset({"pending", "running"})
 RECOVERABLE = frozenset({"pending", "running", "interrupted"})
+RESUMABLE_HERE = frozenset({"interrupted", "failed", "budget_exceeded"})
 SCAN_LIMIT = 5000
 
 
@@ -178,6 +179,15 @@ class RunManager:
             self.waiting.remove(run_id)
         # Owned by another live service: take the claim away; its heartbeat notices and stops.
         return await self.engine.cancel(run_id, force=True, reason="cancelled over the API")
+
+    async def resume(self, record: RunRecord) -> None:
+        """Queue a stopped run again (interrupted, failed, budget-stopped); it continues from its journal."""
+        if record.status not in RESUMABLE_HERE:
+            raise Conflict(f"run {record.run_id} is {record.status}; only an interrupted, failed or "
+                           f"budget-stopped run can be resumed")
+        if record.metadata.get("workflow_name") not in self.registry:
+            raise Conflict(f"run {record.run_id} names a workflow this service does not serve")
+        self.enqueue(record.run_id)
 
     async def approve(self, record: RunRecord, step: str, *, approved: bool, edit: Any, note: str | None,
                       by: str) -> None:
