@@ -5,6 +5,7 @@ workflow with an approval step; HTTP helpers that keep a session cookie; Chromiu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.cookiejar
 import json
 import os
@@ -253,3 +254,46 @@ def write_workflows(folder: Path) -> Path:
 
 def body_json(page: Page) -> Any:
     return json.loads(page.body)
+
+
+def rules_for(srv: Any) -> None:
+    """The replies the UI tests' workflows get (alpha's answer quotes a key-shaped secret)."""
+    from baton.testing import json_reply, text
+
+    srv.add_rule("UI PLANNER", reply=json_reply(PLAN))
+    srv.add_rule("UI ALPHA", reply=text("alpha says sk-ant-api03-SECRETSECRETSECRET1234"))
+    srv.add_rule("UI BETA", reply=text("beta result"))
+    srv.add_rule("UI WRITER", reply=text("final report"))
+    srv.add_rule("UI FIRST", reply=text("first done"))
+    srv.add_rule("UI SECOND", reply=text("second done"))
+    srv.add_rule("UI DRAFTER", reply=text("draft text"))
+
+
+@contextlib.contextmanager
+def fake_model() -> Iterator[Any]:
+    from baton.testing import FakeAnthropicServer
+
+    srv = FakeAnthropicServer(api_key="test-key")
+    rules_for(srv)
+    srv.start_in_thread()
+    try:
+        yield srv
+    finally:
+        srv.stop_thread()
+
+
+@contextlib.contextmanager
+def ui_service(model_url: str, tmp: Path) -> Iterator[InProcessService]:
+    """The in-process service over a fresh SQLite store, with ``announce`` registered too."""
+    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
+    os.environ.update({"ANTHROPIC_BASE_URL": model_url, "ANTHROPIC_API_KEY": "test-key"})
+    svc = InProcessService(write_workflows(tmp / "wf"), f"sqlite:///{tmp}/ui.db", extra=[announce_registered()])
+    try:
+        yield svc.start()
+    finally:
+        svc.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from _serve import free_port
-from _ui import PLAN, Browser, InProcessService, announce_registered, poll, write_workflows
-from baton.testing import FakeAnthropicServer, json_reply, text
+from _ui import Browser, InProcessService, fake_model, poll, ui_service
+from baton.testing import FakeAnthropicServer
 from baton.testing.script import Fault, Rule
 
 pytestmark = pytest.mark.timeout(180)
@@ -23,34 +23,14 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture(scope="module")
 def model() -> Iterator[FakeAnthropicServer]:
-    srv = FakeAnthropicServer(api_key="test-key")
-    srv.add_rule("UI PLANNER", reply=json_reply(PLAN))
-    srv.add_rule("UI ALPHA", reply=text("alpha says sk-ant-api03-SECRETSECRETSECRET1234"))
-    srv.add_rule("UI BETA", reply=text("beta result"))
-    srv.add_rule("UI WRITER", reply=text("final report"))
-    srv.add_rule("UI FIRST", reply=text("first done"))
-    srv.add_rule("UI SECOND", reply=text("second done"))
-    srv.add_rule("UI DRAFTER", reply=text("draft text"))
-    srv.start_in_thread()
-    yield srv
-    srv.stop_thread()
+    with fake_model() as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
 def service(model: FakeAnthropicServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessService]:
-    tmp = tmp_path_factory.mktemp("ui-http")
-    saved = {k: os.environ.get(k) for k in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
-    os.environ.update({"ANTHROPIC_BASE_URL": model.url, "ANTHROPIC_API_KEY": "test-key"})
-    svc = InProcessService(write_workflows(tmp / "wf"), f"sqlite:///{tmp}/ui.db", extra=[announce_registered()])
-    try:
-        yield svc.start()
-    finally:
-        svc.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with ui_service(model.url, tmp_path_factory.mktemp("ui-http")) as svc:
+        yield svc
 
 
 def signed_in(service: InProcessService, key: str = "key-a") -> Browser:
@@ -142,9 +122,9 @@ def test_forms_without_the_sessions_csrf_token_change_nothing(service: InProcess
 def test_start_form_from_the_input_schema_checks_fields_and_starts_the_run(service: InProcessService) -> None:
     b = signed_in(service)
     form = b.get("/ui/start").body
-    assert re.search(r'<label for="in-topic">topic \(required\)</label><input id="in-topic" name="topic" '
+    assert re.search(r'<label for="in-pipe-topic">topic \(required\)</label><input id="in-pipe-topic" name="topic" '
                      r'type="text" value="" required', form)
-    assert 'id="in-words" name="words" type="number" step="1"' in form
+    assert 'id="in-pipe-words" name="words" type="number" step="1"' in form
     token = b.csrf("/ui/start")
     wrong = b.post("/ui/start/pipe", {"topic": "x", "words": "many", "csrf": token})
     assert wrong.status == 422 and "words" in wrong.body and "not a whole number" in wrong.body

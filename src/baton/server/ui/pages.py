@@ -261,7 +261,7 @@ def run_main(d: Detail, ctx: Ctx, now: float) -> str:
 
 def run_page(d: Detail, ctx: Ctx, live: bool, now: float) -> str:
     r = d.run
-    active = r.status in shape.ACTIVE_STATUSES
+    active = r.status in shape.WATCHED
     body = (f'<h1>Run <code>{e(r.run_id)}</code></h1>'
             f'<p><a href="/ui/compare?run={quote(r.run_id, safe="")}">Compare with another run</a></p>'
             f'<div id="run" data-run="{e(r.run_id)}" data-active="{int(active)}" data-live="{int(live)}" '
@@ -314,8 +314,8 @@ def pick_page(run_id: str, runs: list[RunRecord], ctx: Ctx) -> str:
     return page("Compare runs", body, ctx)
 
 
-def _field(f: Field, value: Any) -> str:
-    fid = f"in-{e(f.name)}"
+def _field(wf: str, f: Field, value: Any) -> str:
+    fid = f"in-{e(wf)}-{e(f.name)}"
     req = " required" if f.required else ""
     label = f'<label for="{fid}">{e(f.label)}{" (required)" if f.required else ""}</label>'
     hint = f'<small id="{fid}-help">{e(f.help)}</small>' if f.help else ""
@@ -350,7 +350,7 @@ def start_page(workflows: list[Any], ctx: Ctx, chosen: str | None = None, error:
         if chosen is not None and reg.name != chosen:
             continue
         msg = f'<p class="error" role="alert">{e(error)}</p>' if error and reg.name == chosen else ""
-        controls = "".join(_field(f, (values or {}).get(f.name, f.default)) for f in fields(reg.input_schema))
+        controls = "".join(_field(reg.name, f, (values or {}).get(f.name, f.default)) for f in fields(reg.input_schema))
         parts.append(f'<section class="start" aria-labelledby="wf-{e(reg.name)}"><h2 id="wf-{e(reg.name)}">'
                      f'{e(reg.name)}</h2><p>{e(reg.description or "")}</p>{msg}<form method="post" '
                      f'action="/ui/start/{quote(reg.name, safe="")}">{_csrf(ctx)}{controls}<button type="submit">'

@@ -13,6 +13,8 @@ from baton.observe.redact import Capture, content_size, redact
 from baton.stores.base import RunRecord, StepRecord
 
 ACTIVE_STATUSES = frozenset({"pending", "running"})
+WATCHED = ACTIVE_STATUSES | {"awaiting_approval"}
+"""Statuses whose page keeps itself up to date (a decision made elsewhere continues the run)."""
 RESUMABLE = frozenset({"interrupted", "failed", "budget_exceeded"})
 CANCELLABLE = frozenset({"pending", "running", "awaiting_approval", "interrupted", "budget_exceeded"})
 TIMELINE_KINDS = frozenset({"agent", "model", "tool", "step", "approval"})

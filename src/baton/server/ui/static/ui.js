@@ -3,6 +3,9 @@
 "use strict";
 (function () {
   const ACTIVE = new Set(["pending", "running"]);
+  // Awaiting a decision: polled slowly (a decision made elsewhere continues the run), and the
+  // forms are not swapped while the status stays, so nothing typed into them is lost.
+  const WATCHED = new Set(["pending", "running", "awaiting_approval"]);
   const KINDS = ["run.start", "run.end", "agent.start", "agent.end", "model.request", "model.response",
     "model.error", "tool.call", "tool.result", "tool.denied", "step.start", "step.end", "retry",
     "rate_limit.wait", "approval.requested", "approval.decided", "handoff", "plan.invalid",
@@ -21,11 +24,12 @@
     if (focused) document.getElementById(focused)?.focus();
   }
 
-  async function fetchInto(el, url) {
+  async function fetchInto(el, url, unlessStatus) {
     const resp = await fetch(url, {credentials: "same-origin", headers: {"Accept": "text/html"}});
     if (resp.redirected || resp.status === 401) { window.location.reload(); return null; }
     if (!resp.ok) return null;
-    swap(el, await resp.text());
+    const markup = await resp.text();
+    if (!unlessStatus || resp.headers.get("X-Run-Status") !== unlessStatus) swap(el, markup);
     return resp;
   }
 
@@ -43,9 +47,10 @@
     let polling = false;
     const refresh = async () => {
       timer = null;
-      const resp = await fetchInto(el, `/ui/runs/${id}/main`).catch(() => null);
+      const keep = el.dataset.status === "awaiting_approval";
+      const resp = await fetchInto(el, `/ui/runs/${id}/main`, keep ? "awaiting_approval" : null).catch(() => null);
       const st = resp ? resp.headers.get("X-Run-Status") : null;
-      if (st) { el.dataset.status = st; el.dataset.active = ACTIVE.has(st) ? "1" : "0"; }
+      if (st) { el.dataset.status = st; el.dataset.active = WATCHED.has(st) ? "1" : "0"; }
       return st;
     };
     const soon = () => { if (!timer) timer = setTimeout(refresh, 300); };
@@ -54,12 +59,12 @@
       polling = true;
       while (true) {
         const st = await refresh();
-        if (st && !ACTIVE.has(st)) break;
-        await new Promise((r) => setTimeout(r, 1500));
+        if (st && !WATCHED.has(st)) break;
+        await new Promise((r) => setTimeout(r, st === "awaiting_approval" ? 3000 : 1500));
       }
       polling = false;
     };
-    if (el.dataset.live !== "1" || !window.EventSource) { poll(); return; }
+    if (el.dataset.live !== "1" || !window.EventSource || !ACTIVE.has(el.dataset.status)) { poll(); return; }
     const es = new EventSource(`/ui/runs/${id}/events?last_event_id=${el.dataset.seq || 0}`);
     const text = document.getElementById("live-text");
     KINDS.forEach((kind) => es.addEventListener(kind, (msg) => {
