@@ -178,9 +178,11 @@ def test_end_of_run_says_what_ran_in_parallel_what_it_cost_and_where_to_look() -
         "  parallel: yes, up to 2 agents at once",
         "  cost:     $0.0123 at Claude prices (1500 tokens in, 400 out)",
         "  look:     baton show r1",
+        "  browse:   baton ui, then open http://127.0.0.1:8377/ui/runs/r1",
     ]
     serial = RunTally()
     for e in [_event(ev.AGENT_START, "p", agent="planner"), _event(ev.AGENT_END, "p")]:
         serial.handle(e)
     assert "parallel: no, one agent at a time" in end_of_run("r2", "failed", 1.0, 0.0, 0, 0, serial)
-    assert re.search(r"look: +baton show r3$", end_of_run("r3", "succeeded", 1.0, 0.0, 0, 0, None))
+    assert re.search(r"look: +baton show r3\n  browse: +baton ui, then open http://127\.0\.0\.1:8377/ui/runs/r3$",
+                     end_of_run("r3", "succeeded", 1.0, 0.0, 0, 0, None))

@@ -150,6 +150,7 @@ def test_flagship_runs_offline_on_the_local_model(tmp_path: Path) -> None:
     assert re.search(r"parallel: yes, up to [2-9] agents at once", r.stderr)
     assert re.search(r"cost: +\$0\.\d{4} at Claude prices", r.stderr)
     assert f"baton show {run_id}" in r.stderr
+    assert f"baton ui, then open http://127.0.0.1:8377/ui/runs/{run_id}" in r.stderr
 
 
 CLAUDE_PLAN = {"subtasks": [

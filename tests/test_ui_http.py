@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,6 +160,20 @@ def test_a_failed_run_is_resumed_from_the_run_page(service: InProcessService, mo
     service.wait(run_id)
     again = b.post(f"/ui/runs/{run_id}/resume", {"csrf": b.csrf()})
     assert again.status == 409 and "succeeded" in again.body
+    # The same action over the API: another tenant's run is 404, a finished one 409.
+    assert _api(service, f"/v1/runs/{run_id}/resume", "key-b")[0] == 404
+    status, body = _api(service, f"/v1/runs/{run_id}/resume", "key-a")
+    assert status == 409 and body["error"]["type"] == "conflict"
+
+
+def _api(service: InProcessService, path: str, key: str) -> tuple[int, Any]:
+    req = urllib.request.Request(service.url + path, data=b"", method="POST",
+                                 headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
 
 
 def test_baton_ui_serves_the_store_read_only_on_loopback(service: InProcessService, tmp_path: Path) -> None:

@@ -329,6 +329,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
+UI_PORT = 8377
+"""``baton ui``'s default port (the end of a run points there)."""
+
+
 def end_of_run(run_id: str, status: str, duration_s: float, cost_usd: float, input_tokens: int,
                output_tokens: int, tally: RunTally | None) -> str:
     """The block printed on stderr when a CLI run ends: what ran, whether in parallel, what it
@@ -345,4 +349,5 @@ def end_of_run(run_id: str, status: str, duration_s: float, cost_usd: float, inp
             lines.append("  plan:     repaired after invalid plans (see the plan.repaired event)")
     lines.append(f"  cost:     ${cost_usd:.4f} at Claude prices ({input_tokens} tokens in, {output_tokens} out)")
     lines.append(f"  look:     baton show {run_id}")
+    lines.append(f"  browse:   baton ui, then open http://127.0.0.1:{UI_PORT}/ui/runs/{run_id}")
     return "\n".join(lines)

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from baton.errors import UsageError
+from baton.observe.progress import UI_PORT as DEFAULT_PORT
 
 HOST = "127.0.0.1"
-DEFAULT_PORT = 8377
 
 
 def add_ui_parser(sub: Any) -> None:
