@@ -29,6 +29,7 @@ SMALLEST = {
     "bench_retrieval.py": ["--repeats", "1"],
     "bench_observe.py": ["--n", "200", "--calls", "200", "--concurrency", "50", "--rounds", "1"],
     "bench_serve.py": ["--runs", "30", "--clients", "5", "--subscribers", "3", "--latency", "0.05", "--cli-runs", "1"],
+    "bench_ui.py": ["--steps", "50", "--repeats", "1"],
 }
 SUMMARY = {
     "bench_agent_call.py": "SUMMARY agent_call:",
@@ -40,6 +41,7 @@ SUMMARY = {
     "bench_observe.py": "SUMMARY observe:",
     "bench_serve.py": "SUMMARY serve:",
     "bench_retrieval.py": "SUMMARY retrieval:",
+    "bench_ui.py": "SUMMARY ui:",
 }
 
 
@@ -77,6 +79,7 @@ TIMED: dict[str, list[str]] = {
     "bench_faults.py": [],
     "bench_serve.py": [],
     "bench_retrieval.py": [],
+    "bench_ui.py": [rf"(?:page in browser|server) {NUM} ms, target <= {NUM} ms: (OK|MISSED)"],
 }
 
 
