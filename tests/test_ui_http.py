@@ -213,3 +213,22 @@ def test_baton_ui_names_a_bad_store_in_one_line() -> None:
                        capture_output=True, text=True, timeout=60, env={**os.environ,
                                                                         "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 2 and "nosuch" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_compare_two_runs_of_a_workflow(service: InProcessService) -> None:
+    first, second = service.submit("orch", "one"), service.submit("orch", "two")
+    other = service.submit("pipe", {"topic": "other"})
+    for run_id in (first, second, other):
+        service.wait(run_id)
+    b = signed_in(service)
+    pick = b.get(f"/ui/compare?run={first}").body
+    assert f'<option value="{second}">' in pick and f'value="{other}"' not in pick  # same workflow only
+    page = b.get(f"/ui/compare?run={first}&run={second}").body
+    rows = dict(re.findall(r'<tr><th scope="row">([^<]+)</th>(.*?)</tr>', page))
+    assert set(rows) >= {"Status", "Workflow", "Cost", "Model calls", "Duration (s)", "Prompt version: planner",
+                         "Cost: planner", "Cost: alpha"}
+    assert rows["Model calls"].startswith("<td>5</td><td>5</td><td>0</td>")
+    assert rows["Prompt version: writer"].endswith("<td>same</td>")
+    mixed = b.get(f"/ui/compare?run={first}&run={other}").body
+    assert "different workflows" in mixed and "Prompt version: first" in mixed
+    assert b.get(f"/ui/compare?run={first}&run={second}&run={other}").status == 400
