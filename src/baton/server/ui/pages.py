@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from html import escape
@@ -49,15 +50,15 @@ def secs(s: float | None) -> str:
     return "" if s is None else (f"{s * 1000:.0f} ms" if s < 1 else f"{s:.1f} s")
 
 
-def page(title: str, body: str, ctx: Ctx) -> str:
-    nav = ['<a href="/ui/">Runs</a>']
-    if not ctx.read_only:
+def page(title: str, body: str, ctx: Ctx, signed_out: bool = False) -> str:
+    nav = [] if signed_out else ['<a href="/ui/">Runs</a>']
+    if not ctx.read_only and not signed_out:
         nav.append('<a href="/ui/start">Start a run</a>')
     who = ""
     if ctx.tenant is not None:
         who = (f'<form method="post" action="/ui/logout" class="inline">{_csrf(ctx)}<span>tenant '
                f'<strong>{e(ctx.tenant)}</strong></span> <button type="submit">Sign out</button></form>')
-    elif ctx.read_only:
+    elif ctx.read_only and not signed_out:
         who = '<span class="ro">read-only view of the store</span>'
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} · baton</title>'
             '<meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,">'
@@ -78,8 +79,7 @@ def login(error: str | None = None) -> str:
             '<form method="post" action="/ui/login"><label for="key">API key</label> '
             '<input id="key" name="key" type="password" autocomplete="off" required autofocus> '
             '<button type="submit">Sign in</button></form>')
-    return page("Sign in", body, Ctx(None, True, None, "none")).replace('<span class="ro">read-only view of the '
-                                                                          'store</span>', "")
+    return page("Sign in", body, Ctx(None, True, None, "none"), signed_out=True)
 
 
 # --- runs list -----------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def _approval(d: Detail, key: str, ctx: Ctx) -> str:
     request = f"<pre>{e(shown)}</pre>" if shown else ""
     if ctx.read_only:
         return f'<section class="approval"><h3>Step <code>{e(key)}</code> waits for a decision</h3>{request}</section>'
-    fid = f"a{abs(hash(key)) % 10**8}"
+    fid = "a" + hashlib.sha256(key.encode()).hexdigest()[:10]  # stable across requests: focus survives a refresh
     return (f'<section class="approval" aria-labelledby="{fid}-h"><h3 id="{fid}-h">Step <code>{e(key)}</code> waits '
             f'for a decision</h3>{request}<form method="post" action="/ui/runs/{quote(d.run.run_id, safe="")}'
             f'/approvals/{quote(key, safe="")}">{_csrf(ctx)}<label for="{fid}-edit">Edited value (optional, text or '

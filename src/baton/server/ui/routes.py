@@ -19,6 +19,7 @@ from baton.errors import BatonError
 from baton.observe.redact import Capture, redact_text
 from baton.server.http import ApiError
 from baton.server.registry import InputInvalid, check_input
+from baton.server.runs import Conflict
 from baton.server.ui import pages
 from baton.server.ui.auth import COOKIE, Session, Sessions
 from baton.server.ui.forms import FormError, parse
@@ -104,7 +105,7 @@ def mount_ui(app: FastAPI, source: Source, *, sessions: Sessions | None = None, 
 def _problem(ui: UI, s: Session | None, exc: Exception) -> HTMLResponse:
     if isinstance(exc, ApiError):
         return html(pages.problem_page(exc.type.replace("_", " ").capitalize(), exc.message, ui.ctx(s)), exc.status)
-    status = 409 if type(exc).__name__ == "Conflict" else 503
+    status = 409 if isinstance(exc, Conflict) else 503
     return html(pages.problem_page("Not done", redact_text(str(exc)), ui.ctx(s)), status)
 
 
@@ -189,6 +190,10 @@ def _routes_read(app: FastAPI, ui: UI) -> None:
         return StreamingResponse(ui.source.events_after(run_id, int(raw) if raw.isdigit() else 0),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    _routes_compare(app, ui)
+
+
+def _routes_compare(app: FastAPI, ui: UI) -> None:
     @app.get("/ui/compare", include_in_schema=False)
     async def compare(request: Request) -> Response:
         s = ui.session(request)
@@ -217,8 +222,7 @@ def _routes_act(app: FastAPI, ui: UI) -> None:
                 await src.cancel(record)
             elif verb == "resume":
                 await src.resume(record)
-            else:
-                assert s is not None and step is not None
+            elif s is not None and step is not None:  # a ServiceSource always has a session
                 await src.approve(record, step, form.get("decision") == "approve", _edit(form.get("edit", "")),
                                   form.get("note") or None, s.tenant)
         except (ApiError, BatonError) as exc:
