@@ -131,3 +131,25 @@ def test_a_500_step_run_renders_every_step_once() -> None:
     html = run_main(Detail(run, steps, [], [], []), Ctx("t", False, "tenant-a", "full"), now=run.updated_at)
     assert html.count('<tr data-step="') == 500 and html.count('<g class="bar ') == 500
     assert html.count('<g class="node st-done"') == (500 - 4) // 3
+
+
+def test_errors_retries_and_inputs_from_the_event_stream_show_inline_on_their_step() -> None:
+    steps = [_step("0", "agent", "writer", result={"output": "the text"}, attempts=1),
+             _step("0/m0", "model", "writer", attempts=3, result={"content": [{"type": "text", "text": "the text"}]}),
+             _step("1", "tool", "send", status="failed", error={"type": "ToolError", "message": "smtp down"})]
+    events = [(1, "agent.start", {"key": "0", "input": "write about kites"}),
+              (2, "model.error", {"key": "0/m0", "error_type": "overloaded_error", "status": 529, "retryable": True}),
+              (3, "model.error", {"key": "0/m0", "error_type": "api_error", "status": 500, "retryable": True})]
+    run = RunRecord("r", "wf", None, status="failed", created_at=100, updated_at=103,
+                    error={"type": "StepFailed", "message": "send failed"})
+    full = run_main(Detail(run, steps, [], events, []), Ctx("t", False, "tenant-a", "full"), now=103)
+    model_row = full.split('<tr data-step="0/m0">')[1].split("</tr>")[0]
+    assert "overloaded_error (529), retried" in model_row and "api_error (500), retried" in model_row
+    assert '<td class="num">2</td>' in model_row  # retries = attempts - 1
+    assert "write about kites" in full.split('<tr data-step="0">')[1].split("</tr>")[0]
+    assert "smtp down" in full.split('<tr data-step="1">')[1].split("</tr>")[0]
+    assert 'role="alert"><strong>Error: StepFailed</strong> send failed' in full
+    assert "Resume run" in full and "Cancel run" not in full
+    sized = run_main(Detail(run, steps, [], events, []), Ctx("t", True, None, "metadata"), now=103)
+    assert "write about kites" not in sized and "(17 characters; content not captured)" in sized
+    assert "Resume run" not in sized  # read-only
