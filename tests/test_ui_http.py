@@ -232,3 +232,7 @@ def test_compare_two_runs_of_a_workflow(service: InProcessService) -> None:
     mixed = b.get(f"/ui/compare?run={first}&run={other}").body
     assert "different workflows" in mixed and "Prompt version: first" in mixed
     assert b.get(f"/ui/compare?run={first}&run={second}&run={other}").status == 400
+    only_pipe = b.get("/ui/runs-table?workflow=pipe").body
+    assert other in only_pipe and first not in only_pipe and second not in only_pipe
+    assert first in b.get("/ui/?workflow=orch&status=succeeded").body
+    assert first not in b.get("/ui/?workflow=orch&status=failed").body
