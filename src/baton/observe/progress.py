@@ -49,6 +49,15 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+def _batch_line(kind: str, d: dict[str, Any]) -> str:
+    """A Message Batch was submitted, or a poll saw how far it got."""
+    if kind == ev.BATCH_SUBMITTED:
+        return f"batch {d.get('batch_id')} submitted: {d.get('requests')} requests to {d.get('model')}"
+    counts = d.get("counts") if isinstance(d.get("counts"), dict) else {}
+    total = int(sum(_num(v) for v in counts.values()))
+    return f"batch {d.get('batch_id')} {d.get('status')}: {total - int(_num(counts.get('processing')))}/{total} done"
+
+
 def _notice_line(kind: str, d: dict[str, Any]) -> str | None:
     """The plain progress line an event deserves on its own (None: it only moves the counters)."""
     if kind == ev.MODEL_ERROR:
@@ -73,6 +82,8 @@ def _notice_line(kind: str, d: dict[str, Any]) -> str | None:
         return _plan_line(d)
     if kind == ev.RUN_WARNING:
         return f"warning from {d.get('source')}: {d.get('code')}"
+    if kind in (ev.BATCH_SUBMITTED, ev.BATCH_PROGRESS):
+        return _batch_line(kind, d)
     if kind == ev.PLAN_REPAIRED:
         changes = d.get("changes")
         return f"plan repaired ({len(changes)} changes)" if isinstance(changes, list) else "plan repaired"

@@ -107,7 +107,7 @@ def _status_for(exc: BaseException) -> str:
     if isinstance(exc, BudgetExceeded):
         return "budget_exceeded"
     if isinstance(exc, RunSuspended):
-        return "awaiting_approval"
+        return exc.run_status  # awaiting_approval, or awaiting_batch (a detached batch)
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
         return "interrupted"
     return "failed"
@@ -176,6 +176,8 @@ class Engine:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     files: FileLoader | None = None
     """Loads the workflow file a run names (with its recorded hash) when resume/replay get no workflow."""
+    batch: Any = None
+    """``baton.runtime.batch.BatchOptions`` for batch-mode calls (e.g. ``detach=True``); None: defaults."""
 
     def _binder(self, opened: list[Any]) -> Callable[[str], ModelBinding]:
         """Model ids -> bindings; adapters taken from the provider are listed in ``opened`` to be released."""
@@ -417,6 +419,7 @@ class Engine:
             governor=governor, cache=self.cache, cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
         runtime.stream_deltas = events.wants_deltas
+        runtime.batch_options = self.batch
         tenant = record.metadata.get("tenant")
         runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
         runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(

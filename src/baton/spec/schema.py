@@ -46,6 +46,8 @@ AGENT_PROPS: dict[str, Any] = {
     "retry": {"$ref": "#/$defs/retry"},
     "fallback_models": {"type": "array", "items": {"type": "string"}},
     "cache_prompt": {"type": "boolean"},
+    "batch": {"type": "boolean",
+              "description": "send this agent's calls through the Message Batches API (half price, not urgent)"},
     "task_type": {"enum": ["classification", "extraction", "formatting", "synthesis", "reasoning"]},
     "tool_choice": {"type": "string", "minLength": 1,
                     "description": "first turn: 'any' (call a tool), a tool's name, or 'auto'"},
