@@ -234,7 +234,6 @@ def _engine(args: argparse.Namespace, sinks: _Sinks) -> Any:
 
         governor = RedisRateGovernor(rl_url)  # limits shared by every process using this Redis
     from baton.api import load_recorded_file
-
     from baton.runtime.batch import BatchOptions
 
     return Engine(store=args.store, provider=_provider(args), sinks=sinks.sinks, cache=cache,

@@ -18,8 +18,13 @@ import orjson
 
 from baton.errors import BatchRequestFailed, ProviderError
 from baton.messages import ModelRequest, ModelResponse
-from baton.models.anthropic import _STREAM_ERROR_STATUS, content_from_wire, is_retryable, request_to_wire, \
-    usage_from_wire
+from baton.models.anthropic import (
+    _STREAM_ERROR_STATUS,
+    content_from_wire,
+    is_retryable,
+    request_to_wire,
+    usage_from_wire,
+)
 
 if TYPE_CHECKING:
     from baton.models.anthropic import AnthropicModel
@@ -117,8 +122,9 @@ def outcome_from_wire(custom_id: str, result: JSON, batch_id: str) -> BatchOutco
         return BatchOutcome(custom_id, kind, response=response)
     where = f"request {custom_id} of batch {batch_id}"
     if kind == "errored":
-        err = result.get("error") or {}
-        inner = err.get("error") if isinstance(err.get("error"), dict) else err
+        err = result.get("error")
+        err = err if isinstance(err, dict) else {}
+        inner: JSON = err["error"] if isinstance(err.get("error"), dict) else err
         etype = str(inner.get("type") or "api_error")
         status = _STREAM_ERROR_STATUS.get(etype, 500)
         failed = BatchRequestFailed(f"anthropic batch: {where} errored: {etype}: {inner.get('message', '')}",

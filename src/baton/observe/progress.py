@@ -53,8 +53,9 @@ def _batch_line(kind: str, d: dict[str, Any]) -> str:
     """A Message Batch was submitted, or a poll saw how far it got."""
     if kind == ev.BATCH_SUBMITTED:
         return f"batch {d.get('batch_id')} submitted: {d.get('requests')} requests to {d.get('model')}"
-    counts = d.get("counts") if isinstance(d.get("counts"), dict) else {}
-    total = int(sum(_num(v) for v in counts.values()))
+    raw = d.get("counts")
+    counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    total = int(sum([_num(v) for v in counts.values()]))
     return f"batch {d.get('batch_id')} {d.get('status')}: {total - int(_num(counts.get('processing')))}/{total} done"
 
 

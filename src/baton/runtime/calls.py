@@ -346,7 +346,7 @@ class Runtime:
         call.adopted = False
         call.batch_id = None
         if call.batched:  # Message Batches (runtime/batch.py): no slot, no rate governor, half price
-            response = await self.batch_desk().send(ctx, call, span, attempt)
+            response: ModelResponse = await self.batch_desk().send(ctx, call, span, attempt)
             _check_usage(response, call.wire.max_tokens, call.binding.model.provider)
             return response
         wire, binding, agent = call.wire, call.binding, call.agent
