@@ -46,7 +46,7 @@ from baton.runtime.budget import BudgetTracker, Reservation
 from baton.runtime.fingerprint import differences, request_fingerprint
 from baton.runtime.journal import Journal
 from baton.runtime.retry import RetryPolicy
-from baton.runtime.routing import AUTO, ModelRouter
+from baton.runtime.routing import AUTO, ModelRouter, route
 from baton.stores.base import StepRecord
 from baton.tools import Tool, ToolContext, ToolInterrupted
 
@@ -123,6 +123,8 @@ class Runtime:
     replay_only: bool = False
     """Replay mode: any step missing from the journal is a divergence; nothing is executed."""
     router: ModelRouter = field(default_factory=ModelRouter)
+    routes: dict[str, str] = field(default_factory=dict)
+    """The model each assessed ``auto`` agent call was routed to, by its ``KEY/route`` key."""
     stop_reason: str | None = None
     """Why the run stopped itself as interrupted (a tool's KeyboardInterrupt), for its error message."""
     batch_options: Any = None
@@ -216,9 +218,8 @@ class Runtime:
                 self._check_request(rec, key, agent, fingerprint)
             self._replayed(rec, ctx.span_id)
             return response_from_dict(rec.result), rec.cost_usd
-        if request.model == AUTO:
-            chosen = self.router.choose(agent.task_type, request.messages[0].text if request.messages else "")
-            request = _with_model(request, chosen)
+        if request.model == AUTO:  # by task type, heuristic or an assessor's rating (runtime/routing.py)
+            request = _with_model(request, await route(self, ctx, agent, key, request))
         candidates = [request.model, *agent.fallback_models]
         failures: list[str] = []
         for i, model_id in enumerate(candidates):

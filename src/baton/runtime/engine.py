@@ -178,6 +178,8 @@ class Engine:
     """Loads the workflow file a run names (with its recorded hash) when resume/replay get no workflow."""
     batch: Any = None
     """``baton.runtime.batch.BatchOptions`` for batch-mode calls (e.g. ``detach=True``); None: defaults."""
+    router: Any = None
+    """A ``baton.runtime.routing.ModelRouter`` for ``model: auto`` (else the workflow's ``router``, else defaults)."""
 
     def _binder(self, opened: list[Any]) -> Callable[[str], ModelBinding]:
         """Model ids -> bindings; adapters taken from the provider are listed in ``opened`` to be released."""
@@ -420,6 +422,9 @@ class Engine:
         )
         runtime.stream_deltas = events.wants_deltas
         runtime.batch_options = self.batch
+        router = self.router or getattr(workflow, "router", None)
+        if router is not None:
+            runtime.router = router
         tenant = record.metadata.get("tenant")
         runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
         runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(

@@ -55,6 +55,20 @@ AGENT_PROPS: dict[str, Any] = {
                  "description": "the answer's Markdown '## ' headings, in order"},
 }
 
+_UNIT = {"type": "number", "minimum": 0, "maximum": 1}
+ROUTING = {
+    "type": "object", "additionalProperties": False,
+    "description": "how agents with model: auto pick a model (by task_type, a heuristic, or an assessor's rating)",
+    "properties": {
+        "assess": {"type": "boolean", "description": "ask the assessor model to rate each task's complexity"},
+        "assessor": {"type": "string", "minLength": 1},
+        "cheap": {"type": "string", "minLength": 1},
+        "standard": {"type": "string", "minLength": 1},
+        "strong": {"type": "string", "minLength": 1},
+        "cheap_below": _UNIT, "strong_above": _UNIT, "assess_cheap_below": _UNIT, "assess_strong_above": _UNIT,
+    },
+}
+
 MCP = {
     "type": "object", "additionalProperties": False,
     "description": "an MCP server: command + args (stdio) or url (streamable HTTP)",
@@ -176,6 +190,7 @@ SCHEMA: dict[str, Any] = {
         "rate_limits": {"type": "object", "additionalProperties": {"$ref": "#/$defs/rate_limit"}},
         "retry": {"$ref": "#/$defs/retry"},
         "breaker": {"$ref": "#/$defs/breaker"},
+        "routing": ROUTING,
         "knowledge": {"type": "object", "propertyNames": NAME, "additionalProperties": {"$ref": "#/$defs/knowledge"}},
     },
     "$defs": {
