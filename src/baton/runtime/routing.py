@@ -36,6 +36,8 @@ ASSESS_SYSTEM = (
     "piece, answer a question that needs some thought), 1.0 is hardest (multi-step reasoning, design, proofs, "
     "weighing trade-offs across many facts). Reply with only the number, e.g. 0.3.")
 ASSESS_MAX_TOKENS = 8
+ASSESS_MAX_CHARS = 4000
+"""The assessor sees at most this much of a task (and its full length): rating needs no more."""
 _TIERS = ("cheap", "standard", "strong")
 
 
@@ -112,6 +114,13 @@ class ModelRouter:
         return self.model_of(tier)
 
 
+def _excerpt(task: str) -> str:
+    """What the assessor is shown: a long task's start and how long it is (its cost stays small)."""
+    if len(task) <= ASSESS_MAX_CHARS:
+        return task
+    return f"{task[:ASSESS_MAX_CHARS]}\n[... the task continues: {len(task):,} characters in all]"
+
+
 def route_key(key: str) -> str:
     """The agent call a model turn belongs to (``0/m2c1`` -> ``0``) and its assessment's key."""
     head, sep, _ = key.rpartition("/m")
@@ -138,7 +147,7 @@ async def route(runtime: Any, ctx: Any, agent: Any, key: str, request: ModelRequ
     assessor = agent.with_(name=f"{agent.name}.route", model=router.assessor, system=ASSESS_SYSTEM, tools=[],
                            output=None, max_tokens=ASSESS_MAX_TOKENS, temperature=0.0, batch=False,
                            cache_prompt=False, fallback_models=[], task_type=None, sections=None, tool_choice=None)
-    ask = Request(model=router.assessor, messages=[Message.user(text)], system=ASSESS_SYSTEM,
+    ask = Request(model=router.assessor, messages=[Message.user(_excerpt(text))], system=ASSESS_SYSTEM,
                   max_tokens=ASSESS_MAX_TOKENS, temperature=0.0)
     response, _cost = await runtime.model_call(ctx, assessor, rkey, ask)
     score = parse_score(response.text)
