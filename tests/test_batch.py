@@ -347,3 +347,38 @@ workflow: {{pattern: fan_out, agents: [a, b]}}
     bad.write_text(good.read_text().replace("batch: true", "batch: sometimes"))
     with pytest.raises(WorkflowError, match="batch"):
         load_workflow_file(str(bad))
+
+
+async def test_cancelling_a_detached_run_cancels_its_batch(server: FakeAnthropicServer, model: AnthropicModel,
+                                                           tmp_path: Path) -> None:
+    server.batches.processing_s = 3600.0
+    server.add_rule(reply=text("unwanted"))
+    url = f"sqlite:///{tmp_path}/runs.db"
+    first = await engine(model, store=SQLiteStore(url), batch=BatchOptions(detach=True)).run(
+        FanOut(each=worker), "a\nb", run_id="dropme")
+    assert first.status == "awaiting_batch"
+    record = await engine(model, store=SQLiteStore(url)).cancel("dropme")
+    assert record.status == "cancelled"
+    (cancel,) = server.batches.calls("cancel")
+    assert first.error is not None and cancel.batch_id == first.error["batch_id"]
+    status = await api.retrieve_batch(model, cancel.batch_id or "")
+    assert status.ended and status.counts["canceled"] == 2  # nobody pays for what nobody will collect
+
+
+async def test_a_fan_out_with_batch_true_batches_plain_agents(server: FakeAnthropicServer, model: AnthropicModel,
+                                                              tmp_path: Path) -> None:
+    from baton.spec import load_workflow_file
+
+    server.batches.processing_s = 0.1
+    server.add_rule(reply=text("batched"))
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"""version: 1
+name: fan
+agents: {{a: {{model: {SONNET}, system: one}}, b: {{model: {SONNET}, system: two}}}}
+workflow: {{pattern: fan_out, agents: [a, b], batch: true}}
+""")
+    workflow = load_workflow_file(str(wf))
+    assert not workflow.agents["a"].batch  # the agent itself is unchanged; the fan-out batches its calls
+    result = await engine(model).run(workflow, "go")
+    assert result.output == ["batched", "batched"]
+    assert [c.requests for c in server.batches.calls("create")] == [2] and not server.requests

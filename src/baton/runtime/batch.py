@@ -24,10 +24,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from baton.errors import BatchPending, BatchRequestFailed, UsageError
+from baton.errors import BatchPending, BatchRequestFailed, BatonError, UsageError
 from baton.models import anthropic_batch as api
 from baton.observe import events as ev
 from baton.observe.events import new_id
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from baton.messages import ModelResponse
     from baton.runtime.calls import Runtime, _Call
 
-__all__ = ["BatchDesk", "BatchOptions", "custom_id", "supports_batches"]
+__all__ = ["BatchDesk", "BatchOptions", "cancel_batches", "custom_id", "supports_batches"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,3 +239,24 @@ class BatchDesk:
             await self.rt.sleep(delay)
             delay = min(max(delay * 1.5, 0.001), self.options.max_poll_s)
 
+
+async def cancel_batches(steps: list[StepRecord], bind: Callable[[str], Any]) -> tuple[list[str], list[str]]:
+    """Cancel at the provider every batch the journal ``steps`` still wait on (a run being
+    cancelled will never collect them): the cancelled batch ids, and one line per failure."""
+    waiting: dict[str, str] = {}
+    for step in steps:
+        batch = step.meta.get("batch") if step.kind == "model" and step.status == "started" else None
+        model_id = step.meta.get("model")
+        if isinstance(batch, dict) and isinstance(batch.get("id"), str) and isinstance(model_id, str):
+            waiting.setdefault(batch["id"], model_id)
+    cancelled: list[str] = []
+    failed: list[str] = []
+    for batch_id, model_id in waiting.items():
+        try:
+            model = bind(model_id).model
+            if supports_batches(model):
+                await api.cancel_batch(model, batch_id)
+                cancelled.append(batch_id)
+        except BatonError as exc:  # the run is cancelled all the same; say what could not be
+            failed.append(f"{batch_id}: {exc}")
+    return cancelled, failed

@@ -271,12 +271,25 @@ class Engine:
             if record.owner is not None and not force and not owner_is_dead(record.owner):
                 raise RunOwnedElsewhere(f"run {run_id} is being executed by {describe(record.owner)}; "
                                         f"stop it first or pass --force")
+            detail: dict[str, Any] = {"reason": reason} if reason else {}
+            detail.update(await self._cancel_batches(store, run_id))
             record.status, record.owner = "cancelled", None
-            await store.update_run(record, transition="cancelled", detail={"reason": reason} if reason else {})
+            await store.update_run(record, transition="cancelled", detail=detail)
             return record
         finally:
             if not isinstance(self.store, Store):
                 await store.close()
+
+    async def _cancel_batches(self, store: Store, run_id: str) -> dict[str, Any]:
+        """Cancel the Message Batches the run still waits on (runtime/batch.py); what to record."""
+        from baton.runtime.batch import cancel_batches
+
+        opened: list[Any] = []
+        try:
+            cancelled, failed = await cancel_batches(await store.load_steps(run_id), self._binder(opened))
+        finally:
+            await _release_models(opened)
+        return {k: v for k, v in (("batches_cancelled", cancelled), ("batch_cancel_failed", failed)) if v}
 
     async def replay(self, run_id: str, workflow: Workflow | None = None) -> RunResult:
         """Re-execute the workflow against the journal with no model or tool calls.

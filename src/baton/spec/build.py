@@ -340,11 +340,12 @@ class _Builder:
         agg = self.agent(w["aggregator"], (*p, "aggregator")) if w.get("aggregator") else None
         if "agents" in w:
             agents = [self.ref(a, (*p, "agents", i)) for i, a in enumerate(w["agents"])]
-            return FanOut(agents=agents, aggregator=agg, policy=w.get("policy", "all"), name=self.data["name"])
+            return FanOut(agents=agents, aggregator=agg, policy=w.get("policy", "all"), name=self.data["name"],
+                          batch=w.get("batch", False))
         each = self.ref(w["each"]["agent"], (*p, "each", "agent"))
         return FanOut(each=each, over=w["each"].get("over", "lines"), aggregator=agg,
                       policy=w.get("policy", "all"), name=self.data["name"],
-                      max_items=w.get("max_items", DEFAULT_MAX_ITEMS))
+                      max_items=w.get("max_items", DEFAULT_MAX_ITEMS), batch=w.get("batch", False))
 
     def _p_router(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.router import Router

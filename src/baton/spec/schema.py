@@ -143,6 +143,7 @@ PATTERNS = [
                                   "properties": {"agent": {"$ref": "#/$defs/ref"},
                                                  "over": {"enum": ["lines", "json"]}}},
                          "aggregator": NAME, "max_items": POS_INT,
+                         "batch": {"type": "boolean", "description": "the branches go out as one Message Batch"},
                          "policy": {"type": "string", "pattern": "^(all|best_effort|quorum:[1-9][0-9]*)$"}},
              []),
     _pattern("router", {"classifier": NAME, "routes": {"type": "object", "minProperties": 1,
