@@ -104,6 +104,7 @@ class BatchDesk:
         self.options = options or BatchOptions()
         self._groups: dict[int, _Group] = {}
         self._watchers: dict[str, asyncio.Task[dict[str, api.BatchOutcome]]] = {}
+        self._waiting: dict[str, int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def wants(self, call: _Call) -> bool:
@@ -132,7 +133,7 @@ class BatchDesk:
             ticket = await self._enqueue(ctx, call, span, attempt)
         batch_id, cid = ticket
         call.batch_id = batch_id
-        outcomes = await asyncio.shield(self._watcher(call.binding.model, batch_id, ctx))
+        outcomes = await self._wait(call.binding.model, batch_id)
         outcome = outcomes.get(cid)
         if outcome is None or outcome.response is None:
             call.batched = False  # the next attempt, if the retry policy allows one, is a normal call
@@ -204,7 +205,20 @@ class BatchDesk:
 
     # --- waiting and collecting --------------------------------------------------------------
 
-    def _watcher(self, model: Any, batch_id: str, ctx: RunContext) -> asyncio.Task[dict[str, api.BatchOutcome]]:
+    async def _wait(self, model: Any, batch_id: str) -> dict[str, api.BatchOutcome]:
+        """The outcomes of ``batch_id``, from the one watcher its callers share. When the last
+        caller goes (the run stopped), the watcher stops polling: a resume collects the batch."""
+        watcher = self._watcher(model, batch_id)
+        self._waiting[batch_id] = self._waiting.get(batch_id, 0) + 1
+        try:
+            return await asyncio.shield(watcher)
+        finally:
+            self._waiting[batch_id] -= 1
+            if not self._waiting[batch_id]:
+                del self._waiting[batch_id]
+                watcher.cancel()
+
+    def _watcher(self, model: Any, batch_id: str) -> asyncio.Task[dict[str, api.BatchOutcome]]:
         """The one task that polls ``batch_id`` and fetches its results, shared by all its callers."""
         task = self._watchers.get(batch_id)
         if task is None:
