@@ -19,8 +19,7 @@ from typing import Any
 from baton.errors import BatonError, UsageError, WorkflowError
 
 EXIT_BY_STATUS = {"succeeded": 0, "failed": 1, "budget_exceeded": 3, "awaiting_approval": 4, "awaiting_batch": 4,
-                  "interrupted": 130,
-                  "cancelled": 1}
+                  "interrupted": 130, "cancelled": 1}
 
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024
