@@ -329,6 +329,47 @@ workflow:
     assert not threaded_server.requests
 
 
+def test_a_killed_run_is_recovered_by_collecting_its_batch(threaded_server: FakeAnthropicServer,
+                                                            tmp_path: Path) -> None:
+    """kill -9 while the run waits on its batch: the resume collects it, nothing is submitted again."""
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"""version: 1
+name: batch-kill
+defaults: {{model: {SONNET}, max_tokens: 64, batch: true}}
+agents:
+  summariser: {{system: "Summarise the item."}}
+workflow:
+  pattern: fan_out
+  each: {{agent: summariser, over: lines}}
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "BATON_"))}
+    env.update({"ANTHROPIC_BASE_URL": threaded_server.url, "ANTHROPIC_API_KEY": "test-key",
+                "BATON_STORE": f"sqlite:///{tmp_path}/cli.db", "PYTHONPATH": str(ROOT / "src"),
+                "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "baton", "run", str(wf), "--input", "one\ntwo",
+                             "--run-id", "killed1", "--provider", "anthropic"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the progress line comes after the batch id is journaled
+            if "submitted: 2 requests" in line:
+                break
+        else:
+            pytest.fail("the run never reported its batch")
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(threaded_server.batches.calls("create")) == 1
+    threaded_server.advance_clock(3600)
+    done = subprocess.run([sys.executable, "-m", "baton", "resume", "killed1", "--json", "--provider", "anthropic"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["output"] == ["from the batch"] * 2
+    assert len(threaded_server.batches.calls("create")) == 1 and not threaded_server.requests
+
+
 def test_yaml_batch_key_is_checked(tmp_path: Path) -> None:
     from baton.errors import WorkflowError
     from baton.spec import load_workflow_file
