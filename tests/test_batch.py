@@ -423,3 +423,15 @@ workflow: {{pattern: fan_out, agents: [a, b], batch: true}}
     result = await engine(model).run(workflow, "go")
     assert result.output == ["batched", "batched"]
     assert [c.requests for c in server.batches.calls("create")] == [2] and not server.requests
+
+
+async def test_baton_run_takes_batch_options(server: FakeAnthropicServer, model: AnthropicModel) -> None:
+    server.batches.processing_s = 3600.0
+    server.add_rule(reply=text("later"))
+    result = await baton.run(FanOut(each=worker), "a", model=model, store=MemoryStore(),
+                             batch=BatchOptions(detach=True))
+    assert result.status == "awaiting_batch" and len(server.batches.calls("create")) == 1
+    with pytest.raises(baton.errors.UsageError, match="max_requests"):
+        BatchOptions(max_requests=0)
+    with pytest.raises(baton.errors.UsageError, match="poll_s"):
+        BatchOptions(poll_s=float("nan"))
