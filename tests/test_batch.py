@@ -225,6 +225,23 @@ async def test_interrupted_wait_resumes_without_resubmitting(server: FakeAnthrop
     assert len(server.batches.calls("create")) == 1
 
 
+async def test_a_batch_accepted_as_the_run_stops_is_journaled(server: FakeAnthropicServer, model: AnthropicModel,
+                                                                tmp_path: Path) -> None:
+    """The run's wall time ends while the batch is being created: the engine lets the submission
+    journal its id before it records the run, so the resume collects it instead of submitting again."""
+    server.batches.processing_s = 3600.0
+    server.batches.create_latency_s = 0.5
+    server.add_rule(reply=text("kept"))
+    url = f"sqlite:///{tmp_path}/runs.db"
+    stopped = await engine(model, store=SQLiteStore(url)).run(FanOut(each=worker), "x\ny", run_id="racing",
+                                                               limits=baton.Limits(timeout_s=0.1))
+    assert stopped.status == "budget_exceeded" and len(server.batches.calls("create")) == 1
+    server.advance_clock(3600)
+    done = await engine(model, store=SQLiteStore(url)).resume("racing", FanOut(each=worker), timeout_s=30)
+    assert done.status == "succeeded" and done.output == ["kept", "kept"]
+    assert len(server.batches.calls("create")) == 1
+
+
 # --- per-request failures and cancellation ------------------------------------------------------
 
 

@@ -82,7 +82,6 @@ class _Waiting:
     """A call waiting for its batch to be submitted."""
 
     call: _Call
-    ctx: RunContext
     ticket: asyncio.Future[tuple[str, str]]
 
 
@@ -150,7 +149,7 @@ class BatchDesk:
         group = self._groups.get(id(model))
         if group is None:
             group = self._groups[id(model)] = _Group(model, loop.time())
-        waiting = _Waiting(call, ctx, loop.create_future())
+        waiting = _Waiting(call, loop.create_future())
         group.items.append(waiting)
         if self.rt.events.active:
             self.rt.emit(ev.MODEL_REQUEST, span, ctx.span_id, {
@@ -175,6 +174,9 @@ class BatchDesk:
 
     async def _submit(self, model: Any, items: list[_Waiting]) -> None:
         """Create the batch, journal every request's ticket, then let the callers wait for results."""
+        items = [w for w in items if not w.ticket.done()]  # a caller already gone is not submitted
+        if not items:
+            return
         ids = [custom_id(w.call.key) for w in items]
         try:
             status = await api.create_batch(model, [(cid, w.call.wire) for cid, w in zip(ids, items, strict=True)])
@@ -194,6 +196,18 @@ class BatchDesk:
         for cid, w in zip(ids, items, strict=True):
             if not w.ticket.done():
                 w.ticket.set_result((status.id, cid))
+
+    async def settle(self, grace_s: float) -> None:
+        """The run is ending: drop requests not yet submitted (their callers are gone) and give
+        submissions on the wire up to ``grace_s`` to journal their batch, so a resume finds it."""
+        for group in self._groups.values():
+            if group.timer is not None:
+                group.timer.cancel()
+            for w in group.items:
+                w.ticket.cancel()
+        self._groups.clear()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
 
     def _started(self, call: _Call, batch_id: str, cid: str) -> StepRecord:
         meta: dict[str, Any] = {"model": call.model_id, "prompt_version": call.agent.prompt_version,

@@ -442,6 +442,8 @@ class Runtime:
                 straggler.cancel()
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._batch_desk is not None:  # a batch being submitted gets its id journaled first
+            await self._batch_desk.settle(IN_FLIGHT_GRACE_S)
 
     async def _book(self, ctx: RunContext, call: _Call, reservation: Reservation, response: ModelResponse,
                     span: str, attempt: int, latency: float) -> float | None:

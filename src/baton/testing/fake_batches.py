@@ -17,6 +17,7 @@ never submitted twice.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -87,6 +88,8 @@ class BatchDesk:
         self.server = server
         self.processing_s = processing_s
         self.expire_s = expire_s
+        self.create_latency_s = 0.0
+        """How long ``create`` takes to answer (a batch is accepted only once it does)."""
         self.batches: dict[str, FakeBatch] = {}
         self.log: list[BatchCall] = []
         self._ids = itertools.count(1)
@@ -126,6 +129,8 @@ class BatchDesk:
         problem = _check_requests(body)
         if problem is not None:
             return self._logged("create", None, self._bad(problem))
+        if self.create_latency_s:
+            await asyncio.sleep(self.create_latency_s)
         batch = self._submit(body["requests"])
         return self._logged("create", batch.id, self._json(self._describe(batch)), len(batch.params))
 
