@@ -650,6 +650,8 @@ async def _serve(args: argparse.Namespace) -> None:
         else int(options.get("cache_min_tokens", 1024)),
         default_latency_s=args.latency if args.latency is not None else float(options.get("latency_s", 0.0)),
         api_key=args.api_key, seed=args.seed, log_path=args.log,
+        batch_processing_s=args.batch_processing if args.batch_processing is not None
+        else float(options.get("batch_processing_s", 1.0)),
     )
     await server.start()
     done = asyncio.Event()
@@ -677,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", default=None, help="append each request as a JSON line to this file")
+    parser.add_argument("--batch-processing", type=float, default=None,
+                        help="seconds a Message Batch takes to end (default 1)")
     args = parser.parse_args(argv)
     try:
         asyncio.run(_serve(args))
