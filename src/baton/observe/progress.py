@@ -49,6 +49,10 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+_PAUSES = frozenset({"BatchPending", "ApprovalRequired", "DecisionRequired"})
+"""Errors that stop an agent in a resumable state (a detached batch, a human decision)."""
+
+
 def _batch_line(kind: str, d: dict[str, Any]) -> str:
     """A Message Batch was submitted, or a poll saw how far it got."""
     if kind == ev.BATCH_SUBMITTED:
@@ -166,7 +170,8 @@ class ProgressSink:
             failed = d.get("status") == "error"
             self.agent_errors += failed
             if failed:
-                line = f"agent {name} failed after {_num(d.get('duration_s')):.2f}s: {d.get('error_type') or 'error'}"
+                verb = "paused" if d.get("error_type") in _PAUSES else "failed"  # resumable, not broken
+                line = f"agent {name} {verb} after {_num(d.get('duration_s')):.2f}s: {d.get('error_type') or 'error'}"
             elif not self.tty:
                 line = f"agent {name} done in {_num(d.get('duration_s')):.2f}s"
                 usage = d.get("usage")
