@@ -335,6 +335,7 @@ workflow:
     assert first.returncode == 4, first.stderr
     out = json.loads(first.stdout)
     assert out["status"] == "awaiting_batch" and out["error"]["type"] == "BatchPending"
+    assert "agent summariser paused" in first.stderr and "failed" not in first.stderr
     assert len(threaded_server.batches.calls("create")) == 1
     threaded_server.advance_clock(3600)
     second = cli("resume", "clibatch", "--json", "--provider", "anthropic")
