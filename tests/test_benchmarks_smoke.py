@@ -30,6 +30,7 @@ SMALLEST = {
     "bench_observe.py": ["--n", "200", "--calls", "200", "--concurrency", "50", "--rounds", "1"],
     "bench_serve.py": ["--runs", "30", "--clients", "5", "--subscribers", "3", "--latency", "0.05", "--cli-runs", "1"],
     "bench_ui.py": ["--steps", "50", "--repeats", "1"],
+    "bench_routing.py": ["--tasks", "40"],
 }
 SUMMARY = {
     "bench_agent_call.py": "SUMMARY agent_call:",
@@ -42,6 +43,7 @@ SUMMARY = {
     "bench_serve.py": "SUMMARY serve:",
     "bench_retrieval.py": "SUMMARY retrieval:",
     "bench_ui.py": "SUMMARY ui:",
+    "bench_routing.py": "SUMMARY routing:",
 }
 
 
@@ -80,6 +82,7 @@ TIMED: dict[str, list[str]] = {
     "bench_serve.py": [],
     "bench_retrieval.py": [],
     "bench_ui.py": [rf"(?:page in browser|server) {NUM} ms, target <= {NUM} ms: (OK|MISSED)"],
+    "bench_routing.py": [rf"costs {NUM}x always-Opus \(target <= {NUM}: (OK|MISSED)\)"],
 }
 
 
@@ -110,6 +113,8 @@ def check_verdicts(script: str, line: str) -> None:
     if script == "bench_retrieval.py":  # quality on the committed evaluation set: not a timing
         m = re.search(rf"bm25 recall@5 {NUM} \(target >= {NUM}: (OK|MISSED)\)", line)
         assert m and (m.group(3) == "OK") == (float(m.group(1)) >= float(m.group(2))), line
+    if script == "bench_routing.py":  # correctness: baton's bill is the server log's, to the cent
+        assert "billed = server log: OK" in line, line
     if script == "bench_prompt_cache.py":
         m = re.search(r"(\d+) write \+ (\d+) reads \(expected 1 \+ (\d+): OK\)", line)
         assert m and m.group(1) == "1" and m.group(2) == m.group(3), line

@@ -89,6 +89,9 @@ class Agent:
     sections: list[str] | None = None
     """The answer is Markdown with exactly these ``## `` headings, in this order (the system
     prompt says so; the embedded local model decodes it under a grammar)."""
+    batch: bool = False
+    """Send this agent's model calls through the Message Batches API: half price, not urgent
+    (``baton.runtime.batch``); adapters without batches send them normally."""
     _version: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

@@ -22,7 +22,7 @@ def load_recorded_file(run_id: str, path: str, recorded: Any, command: str) -> A
 
 def _engine(kw: dict[str, Any]) -> Engine:
     fields = {"store", "model", "models", "provider", "sinks", "retry", "governor", "breakers", "cache",
-              "cache_ttl_s", "durable", "sleep"}
+              "cache_ttl_s", "durable", "sleep", "batch", "router"}
     unknown = sorted(set(kw) - fields)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; expected one of {sorted(fields)}")
@@ -35,7 +35,9 @@ async def run(workflow: Workflow, input: Any = None, *, run_id: str | None = Non
 
     Options: ``store`` (URL or Store; default ``BATON_STORE`` or ``sqlite:///.baton/baton.db``),
     ``model`` (one Model for every agent), ``models`` (id -> Model), ``provider``, ``sinks``,
-    ``retry``, ``governor``, ``breakers``, ``cache``, ``cache_ttl_s``.
+    ``retry``, ``governor``, ``breakers``, ``cache``, ``cache_ttl_s``, ``batch`` (a
+    ``baton.runtime.batch.BatchOptions``, e.g. ``detach=True``), ``router`` (a
+    ``baton.runtime.routing.ModelRouter`` for ``model: auto``).
     """
     return await _engine(options).run(workflow, input, run_id=run_id, limits=limits, metadata=metadata)
 

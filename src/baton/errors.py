@@ -123,6 +123,11 @@ class ProviderError(BatonError):
                 "request_id": self.request_id, "retryable": self.retryable}
 
 
+class BatchRequestFailed(ProviderError):
+    """One request of a Message Batch came back ``errored``, ``expired`` or ``canceled``: its
+    retry goes out as a normal call (``retryable`` says whether it may)."""
+
+
 class ProviderConnectionError(ProviderError):
     def __init__(self, message: str, *, provider: str = "anthropic") -> None:
         super().__init__(message, error_type="connection_error", retryable=True, provider=provider)
@@ -223,6 +228,8 @@ class RunSuspended(BatonError):
     """Control flow: the run stops in a resumable state."""
 
     exit_code = 4
+    run_status = "awaiting_approval"
+    """The status the stopped run is recorded with."""
 
 
 class ApprovalRequired(RunSuspended):
@@ -236,3 +243,17 @@ class DecisionRequired(RunSuspended):
     def __init__(self, message: str, *, step: str) -> None:
         super().__init__(message)
         self.step = step
+
+
+class BatchPending(RunSuspended):
+    """A detached run (``--detach``) submitted a Message Batch that has not ended: the run stops,
+    its batch ids journaled; ``baton resume`` collects the results (never submitting again)."""
+
+    run_status = "awaiting_batch"
+
+    def __init__(self, message: str, *, batch_id: str) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "batch_id": self.batch_id}

@@ -18,8 +18,8 @@ from typing import Any
 
 from baton.errors import BatonError, UsageError, WorkflowError
 
-EXIT_BY_STATUS = {"succeeded": 0, "failed": 1, "budget_exceeded": 3, "awaiting_approval": 4, "interrupted": 130,
-                  "cancelled": 1}
+EXIT_BY_STATUS = {"succeeded": 0, "failed": 1, "budget_exceeded": 3, "awaiting_approval": 4, "awaiting_batch": 4,
+                  "interrupted": 130, "cancelled": 1}
 
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024
@@ -179,7 +179,7 @@ def _finish(result: Any, args: argparse.Namespace, tally: Any = None) -> int:
                         u.output_tokens, tally))
         if result.error:
             _err(f"baton: {result.error.get('type')}: {result.error.get('message')}")
-        if result.status in ("budget_exceeded", "interrupted"):
+        if result.status in ("budget_exceeded", "interrupted", "awaiting_batch"):
             _err(f"baton: resume with: baton resume {result.run_id}"
                  + (" --budget-usd X" if result.status == "budget_exceeded" else ""))
     return EXIT_BY_STATUS.get(result.status, 1)
@@ -233,9 +233,11 @@ def _engine(args: argparse.Namespace, sinks: _Sinks) -> Any:
 
         governor = RedisRateGovernor(rl_url)  # limits shared by every process using this Redis
     from baton.api import load_recorded_file
+    from baton.runtime.batch import BatchOptions
 
     return Engine(store=args.store, provider=_provider(args), sinks=sinks.sinks, cache=cache,
-                  cache_ttl_s=getattr(args, "cache_ttl", None), governor=governor, files=load_recorded_file)
+                  cache_ttl_s=getattr(args, "cache_ttl", None), governor=governor, files=load_recorded_file,
+                  batch=BatchOptions(detach=bool(getattr(args, "detach", False))))
 
 
 def _interrupted(run_id: str, args: argparse.Namespace) -> int:
@@ -519,6 +521,8 @@ def _observe_options(sp: argparse.ArgumentParser) -> None:
                     help="result cache entry lifetime in seconds")
     sp.add_argument("--budget-usd", type=limit_arg("number", minimum=0), metavar="X")
     sp.add_argument("--budget-tokens", type=limit_arg("integer", minimum=1), metavar="N")
+    sp.add_argument("--detach", action="store_true", help="batch mode: stop once a Message Batch is submitted "
+                                                         "(status awaiting_batch, exit 4); collect with resume")
 
 
 def _add_run_parsers(sub: Any) -> None:

@@ -322,6 +322,8 @@ class AnthropicModel:
     provider = "anthropic"
     streams_deltas = True
     """``complete`` takes ``on_delta`` (the runtime passes one only while someone listens)."""
+    supports_batches = True
+    """Calls may go through the Message Batches API (``baton.models.anthropic_batch``)."""
 
     def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
                  timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
@@ -394,14 +396,8 @@ class AnthropicModel:
                     raw = await resp.read()
                 else:
                     return await self._read_stream(resp, on_delta)
-        except TimeoutError as exc:
-            total = request.timeout_s if request.timeout_s is not None else self.timeout_s
-            raise ProviderTimeout(f"anthropic: no response from {self.base_url} within {total:g}s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: {exc.os_error}") from exc
-        except aiohttp.ClientError as exc:
-            raise ProviderConnectionError(
-                f"anthropic: connection to {self.base_url} failed: {type(exc).__name__}: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc, request.timeout_s) from exc
         if status >= 300:
             raise status_error(status, raw, headers, secret=self._secret)
         try:
@@ -423,6 +419,30 @@ class AnthropicModel:
             request_id=headers.get("request-id") or data.get("request_id"),
             headers=kept_headers(headers),
         )
+
+    def _transport_error(self, exc: BaseException, timeout_s: float | None) -> ProviderError:
+        """The ``ProviderError`` for a call that got no HTTP answer (timeout, connection trouble)."""
+        if isinstance(exc, TimeoutError):
+            total = timeout_s if timeout_s is not None else self.timeout_s
+            return ProviderTimeout(f"anthropic: no response from {self.base_url} within {total:g}s")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: {exc.os_error}")
+        return ProviderConnectionError(f"anthropic: connection to {self.base_url} failed: {type(exc).__name__}: {exc}")
+
+    async def send_raw(self, method: str, path: str, body: JSON | None = None) -> bytes:
+        """One HTTP call to ``path`` under the base URL (the batch endpoints use it): the body of a
+        2xx answer; anything else is a ``ProviderError`` with the same verdicts as ``complete``."""
+        session = self._get_session()
+        data = orjson.dumps(body) if body is not None else None
+        try:
+            async with session.request(method, URL(self.base_url + path), data=data, allow_redirects=False,
+                                       headers={"accept": "application/json"}) as resp:
+                raw, status, headers = await resp.read(), resp.status, resp.headers
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc, None) from exc
+        if status >= 300:
+            raise status_error(status, raw, headers, secret=self._secret)
+        return raw
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, on_delta: OnDelta | None = None) -> ModelResponse:
         """Assemble a streamed message; errors inside the stream become ProviderErrors."""

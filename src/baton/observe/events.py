@@ -52,6 +52,10 @@ FAN_OUT_DONE = "fan_out.done"
 CONSENSUS_RESULT = "consensus.result"
 REFINE_ROUND = "refine.round"
 RUN_WARNING = "run.warning"
+MODEL_ROUTED = "model.routed"
+BATCH_SUBMITTED = "batch.submitted"
+BATCH_PROGRESS = "batch.progress"
+BATCH_ENDED = "batch.ended"
 TEXT_DELTA = "text.delta"
 """A piece of a model's answer as it is generated: a view, never a journal record. Only
 listeners and sinks that ask for deltas (``listen(fn, deltas=True)``, a sink with

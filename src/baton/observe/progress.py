@@ -49,6 +49,20 @@ def _num(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+_PAUSES = frozenset({"BatchPending", "ApprovalRequired", "DecisionRequired"})
+"""Errors that stop an agent in a resumable state (a detached batch, a human decision)."""
+
+
+def _batch_line(kind: str, d: dict[str, Any]) -> str:
+    """A Message Batch was submitted, or a poll saw how far it got."""
+    if kind == ev.BATCH_SUBMITTED:
+        return f"batch {d.get('batch_id')} submitted: {d.get('requests')} requests to {d.get('model')}"
+    raw = d.get("counts")
+    counts: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    total = int(sum([_num(v) for v in counts.values()]))
+    return f"batch {d.get('batch_id')} {d.get('status')}: {total - int(_num(counts.get('processing')))}/{total} done"
+
+
 def _notice_line(kind: str, d: dict[str, Any]) -> str | None:
     """The plain progress line an event deserves on its own (None: it only moves the counters)."""
     if kind == ev.MODEL_ERROR:
@@ -73,6 +87,8 @@ def _notice_line(kind: str, d: dict[str, Any]) -> str | None:
         return _plan_line(d)
     if kind == ev.RUN_WARNING:
         return f"warning from {d.get('source')}: {d.get('code')}"
+    if kind in (ev.BATCH_SUBMITTED, ev.BATCH_PROGRESS):
+        return _batch_line(kind, d)
     if kind == ev.PLAN_REPAIRED:
         changes = d.get("changes")
         return f"plan repaired ({len(changes)} changes)" if isinstance(changes, list) else "plan repaired"
@@ -154,7 +170,8 @@ class ProgressSink:
             failed = d.get("status") == "error"
             self.agent_errors += failed
             if failed:
-                line = f"agent {name} failed after {_num(d.get('duration_s')):.2f}s: {d.get('error_type') or 'error'}"
+                verb = "paused" if d.get("error_type") in _PAUSES else "failed"  # resumable, not broken
+                line = f"agent {name} {verb} after {_num(d.get('duration_s')):.2f}s: {d.get('error_type') or 'error'}"
             elif not self.tty:
                 line = f"agent {name} done in {_num(d.get('duration_s')):.2f}s"
                 usage = d.get("usage")

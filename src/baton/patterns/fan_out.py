@@ -78,6 +78,9 @@ class FanOut:
     name: str = "fan_out"
     max_items: int = DEFAULT_MAX_ITEMS
     """The most items an ``each`` fan-out calls its target with; more fails the step."""
+    batch: bool = False
+    """Send the branches' model calls (agent targets) through the Message Batches API: they go
+    out together as one batch at half price (``baton.runtime.batch``)."""
 
     def __post_init__(self) -> None:
         if (self.agents is None) == (self.each is None):
@@ -90,6 +93,9 @@ class FanOut:
         if not isinstance(self.max_items, int) or isinstance(self.max_items, bool) or self.max_items < 1:
             raise UsageError(f"fan-out {self.name!r}: max_items must be an integer >= 1, not {self.max_items!r}")
         self._kind, self._quorum = parse_policy(self.policy)
+        if self.batch:
+            self.agents = None if self.agents is None else [_batched(a) for a in self.agents]
+            self.each = None if self.each is None else _batched(self.each)
         if self.agents is not None and self._quorum > len(self.agents):
             raise UsageError(f"fan-out {self.name!r}: quorum {self._quorum} is more than the "
                              f"{len(self.agents)} agents")
@@ -177,6 +183,11 @@ class FanOut:
             parts.append("Combine these results into one answer.")
             return output_of(await ctx.call(agg, "\n\n".join(parts)))
         return await invoke(ctx, agg, outputs)  # type: ignore[arg-type]
+
+
+def _batched(target: Any) -> Any:
+    """An agent target with ``batch`` on (other targets, e.g. nested workflows, as they are)."""
+    return target.with_(batch=True) if isinstance(target, Agent) and not target.batch else target
 
 
 def _short(item: Any, limit: int = 60) -> str:

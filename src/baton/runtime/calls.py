@@ -46,7 +46,7 @@ from baton.runtime.budget import BudgetTracker, Reservation
 from baton.runtime.fingerprint import differences, request_fingerprint
 from baton.runtime.journal import Journal
 from baton.runtime.retry import RetryPolicy
-from baton.runtime.routing import AUTO, ModelRouter
+from baton.runtime.routing import AUTO, ModelRouter, route
 from baton.stores.base import StepRecord
 from baton.tools import Tool, ToolContext, ToolInterrupted
 
@@ -123,8 +123,12 @@ class Runtime:
     replay_only: bool = False
     """Replay mode: any step missing from the journal is a divergence; nothing is executed."""
     router: ModelRouter = field(default_factory=ModelRouter)
+    routes: dict[str, str] = field(default_factory=dict)
+    """The model each assessed ``auto`` agent call was routed to, by its ``KEY/route`` key."""
     stop_reason: str | None = None
     """Why the run stopped itself as interrupted (a tool's KeyboardInterrupt), for its error message."""
+    batch_options: Any = None
+    """``baton.runtime.batch.BatchOptions`` for agents with ``batch: true`` (None: the defaults)."""
     warnings: list[dict[str, Any]] = field(default_factory=list)
     """Outcomes that succeeded but deserve a reader's attention (``RunContext.warn``)."""
     stream_deltas: bool = False
@@ -134,6 +138,7 @@ class Runtime:
     _slots: asyncio.Semaphore | None = None
     _warm: dict[str, asyncio.Event] = field(default_factory=dict)
     _in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    _batch_desk: Any = None
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(max(1, self.budget.limits.concurrency))
@@ -146,6 +151,14 @@ class Runtime:
         change of state) find it through the task's context."""
         _CURRENT.set(self)  # this task's own context: nothing outside it sees the change
         return await work
+
+    def batch_desk(self) -> Any:
+        """This run's ``BatchDesk`` (runtime/batch.py), made on first use."""
+        if self._batch_desk is None:
+            from baton.runtime.batch import BatchDesk
+
+            self._batch_desk = BatchDesk(self, self.batch_options)
+        return self._batch_desk
 
     # --- events ---------------------------------------------------------------
 
@@ -205,9 +218,8 @@ class Runtime:
                 self._check_request(rec, key, agent, fingerprint)
             self._replayed(rec, ctx.span_id)
             return response_from_dict(rec.result), rec.cost_usd
-        if request.model == AUTO:
-            chosen = self.router.choose(agent.task_type, request.messages[0].text if request.messages else "")
-            request = _with_model(request, chosen)
+        if request.model == AUTO:  # by task type, heuristic or an assessor's rating (runtime/routing.py)
+            request = _with_model(request, await route(self, ctx, agent, key, request))
         candidates = [request.model, *agent.fallback_models]
         failures: list[str] = []
         for i, model_id in enumerate(candidates):
@@ -233,12 +245,15 @@ class Runtime:
         wire = request if binding.wire_model == request.model else _with_model(request, binding.wire_model)
         call = _Call(agent, key, wire, binding, model_id, self.breakers.get(target), None, _request_chars(wire),
                      time.time(), fingerprint)
+        prior = self.journal.get(key) if self.journal is not None else None
+        if agent.batch or (prior is not None and prior.status == "started"):  # a batch, or one to collect
+            call.batched = self.batch_desk().wants(call)
         if self.cache is not None:
             call.cache_key = self._cache_key(agent, wire)
             hit = await self._cache_hit(ctx, call)
             if hit is not None:
                 return hit, 0.0
-        if not agent.cache_prompt:
+        if not agent.cache_prompt or call.batched:  # a batch is not answered in time to warm a cache
             return await self._attempt_loop(ctx, call, policy)
         # A prompt-cache entry is readable only once the first response has begun: let the first
         # call with this prefix go alone and release the rest of a fan-out when it answers.
@@ -295,11 +310,12 @@ class Runtime:
                 response = await self._send(ctx, call, reservation, span, attempt)
             except ProviderError as exc:
                 self.budget.release(reservation)
-                self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens, actual_input=0,
-                                     estimated_output=wire.max_tokens, actual_output=0)
                 retry_after = policy.retry_after_wait(exc)
-                if exc.status == 429 and retry_after:
-                    self.governor.penalize(binding.price_as, retry_after)  # held no longer than the retry waits
+                if call.batch_id is None:  # a batch takes nothing from the Messages API's rate limits
+                    self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens,
+                                         actual_input=0, estimated_output=wire.max_tokens, actual_output=0)
+                    if exc.status == 429 and retry_after:
+                        self.governor.penalize(binding.price_as, retry_after)  # no longer than the retry waits
                 if counts_as_failure(exc, count_rate_limits=False):
                     breaker.record_failure()
                 else:
@@ -329,6 +345,11 @@ class Runtime:
         """One attempt: concurrency slot, rate governor, the adapter. A caller cancelled while its
         request is on the wire returns at once; the request is adopted (``_adopt``)."""
         call.adopted = False
+        call.batch_id = None
+        if call.batched:  # Message Batches (runtime/batch.py): no slot, no rate governor, half price
+            response: ModelResponse = await self.batch_desk().send(ctx, call, span, attempt)
+            _check_usage(response, call.wire.max_tokens, call.binding.model.provider)
+            return response
         wire, binding, agent = call.wire, call.binding, call.agent
         assert self._slots is not None
         async with self._slots:
@@ -421,6 +442,8 @@ class Runtime:
                 straggler.cancel()
         while self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._batch_desk is not None:  # a batch being submitted gets its id journaled first
+            await self._batch_desk.settle(IN_FLIGHT_GRACE_S)
 
     async def _book(self, ctx: RunContext, call: _Call, reservation: Reservation, response: ModelResponse,
                     span: str, attempt: int, latency: float) -> float | None:
@@ -428,18 +451,20 @@ class Runtime:
         agent, binding, model_id = call.agent, call.binding, call.model_id
         call.breaker.record_success()
         usage = response.usage
-        cost = cost_of(binding.price_as, usage)
+        cost = cost_of(binding.price_as, usage, batch=call.batch_id is not None)
         self.budget.settle(reservation, usage, cost)
-        self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens,
-                             actual_input=usage.input_tokens + usage.cache_creation_input_tokens,
-                             estimated_output=call.wire.max_tokens, actual_output=usage.output_tokens)
+        if call.batch_id is None:
+            self.governor.settle(binding.price_as, estimated_input=reservation.input_tokens,
+                                 actual_input=usage.input_tokens + usage.cache_creation_input_tokens,
+                                 estimated_output=call.wire.max_tokens, actual_output=usage.output_tokens)
         if response.headers:
             self.governor.observe_headers(binding.price_as, response.headers)
         result = response_to_dict(response)
         await self.commit(StepRecord(
             self.run_id, call.key, "model", agent.name, "completed", result=result, started_at=call.started,
             ended_at=time.time(), usage=usage.to_dict(), cost_usd=cost or 0.0, attempts=attempt,
-            meta=self._meta(call, latency_s=latency, stop_reason=response.stop_reason, priced=cost is not None)))
+            meta=self._meta(call, latency_s=latency, stop_reason=response.stop_reason, priced=cost is not None,
+                            **({"batch_id": call.batch_id} if call.batch_id is not None else {}))))
         if call.cache_key is not None and self.cache is not None:
             await self.cache.put(call.cache_key, result, self.cache_ttl_s)
         if self.events.active:
@@ -602,6 +627,10 @@ class _Call:
     fingerprint: dict[str, str] | None
     adopted: bool = False
     """The current attempt's caller was cancelled with its request on the wire (see ``_adopt``)."""
+    batched: bool = False
+    """The next attempt goes through a Message Batch (``runtime/batch.py``)."""
+    batch_id: str | None = None
+    """The batch the current attempt went through (billed at the batch price)."""
 
 
 def _detached(coro: Coroutine[Any, Any, ModelResponse]) -> tuple[asyncio.Task[ModelResponse],

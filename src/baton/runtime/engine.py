@@ -107,7 +107,7 @@ def _status_for(exc: BaseException) -> str:
     if isinstance(exc, BudgetExceeded):
         return "budget_exceeded"
     if isinstance(exc, RunSuspended):
-        return "awaiting_approval"
+        return exc.run_status  # awaiting_approval, or awaiting_batch (a detached batch)
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
         return "interrupted"
     return "failed"
@@ -176,6 +176,10 @@ class Engine:
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     files: FileLoader | None = None
     """Loads the workflow file a run names (with its recorded hash) when resume/replay get no workflow."""
+    batch: Any = None
+    """``baton.runtime.batch.BatchOptions`` for batch-mode calls (e.g. ``detach=True``); None: defaults."""
+    router: Any = None
+    """A ``baton.runtime.routing.ModelRouter`` for ``model: auto`` (else the workflow's ``router``, else defaults)."""
 
     def _binder(self, opened: list[Any]) -> Callable[[str], ModelBinding]:
         """Model ids -> bindings; adapters taken from the provider are listed in ``opened`` to be released."""
@@ -267,12 +271,25 @@ class Engine:
             if record.owner is not None and not force and not owner_is_dead(record.owner):
                 raise RunOwnedElsewhere(f"run {run_id} is being executed by {describe(record.owner)}; "
                                         f"stop it first or pass --force")
+            detail: dict[str, Any] = {"reason": reason} if reason else {}
+            detail.update(await self._cancel_batches(store, run_id))
             record.status, record.owner = "cancelled", None
-            await store.update_run(record, transition="cancelled", detail={"reason": reason} if reason else {})
+            await store.update_run(record, transition="cancelled", detail=detail)
             return record
         finally:
             if not isinstance(self.store, Store):
                 await store.close()
+
+    async def _cancel_batches(self, store: Store, run_id: str) -> dict[str, Any]:
+        """Cancel the Message Batches the run still waits on (runtime/batch.py); what to record."""
+        from baton.runtime.batch import cancel_batches
+
+        opened: list[Any] = []
+        try:
+            cancelled, failed = await cancel_batches(await store.load_steps(run_id), self._binder(opened))
+        finally:
+            await _release_models(opened)
+        return {k: v for k, v in (("batches_cancelled", cancelled), ("batch_cancel_failed", failed)) if v}
 
     async def replay(self, run_id: str, workflow: Workflow | None = None) -> RunResult:
         """Re-execute the workflow against the journal with no model or tool calls.
@@ -417,6 +434,10 @@ class Engine:
             governor=governor, cache=self.cache, cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
         runtime.stream_deltas = events.wants_deltas
+        runtime.batch_options = self.batch
+        router = self.router or getattr(workflow, "router", None)
+        if router is not None:
+            runtime.router = router
         tenant = record.metadata.get("tenant")
         runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
         runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(

@@ -52,6 +52,8 @@ class YamlWorkflow:
     """A ``baton.tools_mcp.McpBinding`` when agents use MCP servers: their tools are listed when a run starts."""
     knowledge: dict[str, Any] = field(default_factory=dict)
     """The workflow's knowledge bases by name (``baton.knowledge.KnowledgeBase``)."""
+    router: Any = None
+    """The ``routing:`` mapping as a ``baton.runtime.routing.ModelRouter`` (None: the defaults)."""
 
     @property
     def baton_ref(self) -> str:
@@ -338,11 +340,12 @@ class _Builder:
         agg = self.agent(w["aggregator"], (*p, "aggregator")) if w.get("aggregator") else None
         if "agents" in w:
             agents = [self.ref(a, (*p, "agents", i)) for i, a in enumerate(w["agents"])]
-            return FanOut(agents=agents, aggregator=agg, policy=w.get("policy", "all"), name=self.data["name"])
+            return FanOut(agents=agents, aggregator=agg, policy=w.get("policy", "all"), name=self.data["name"],
+                          batch=w.get("batch", False))
         each = self.ref(w["each"]["agent"], (*p, "each", "agent"))
         return FanOut(each=each, over=w["each"].get("over", "lines"), aggregator=agg,
                       policy=w.get("policy", "all"), name=self.data["name"],
-                      max_items=w.get("max_items", DEFAULT_MAX_ITEMS))
+                      max_items=w.get("max_items", DEFAULT_MAX_ITEMS), batch=w.get("batch", False))
 
     def _p_router(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.router import Router
@@ -445,13 +448,18 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
         breaker = dict(data["breaker"]) if data.get("breaker") else None
         if breaker is not None:
             BreakerSettings.from_dict(breaker)
+        router = None
+        if data.get("routing"):
+            from baton.runtime.routing import ModelRouter
+
+            router = ModelRouter.from_dict(data["routing"])
     except WorkflowError as exc:
         problem = doc.error(tuple((exc.field or "").split(".")), exc.problems[0]["message"])
         raise WorkflowError(problem["message"], file=problem["file"], line=problem["line"],
                             field=problem["field"]) from None
     return YamlWorkflow(name=data["name"], file=doc.file, root=root, agents=b.agents, limits=limits,
                         rate_limits=rate_limits, retry=retry, breaker=breaker, spec=data, nested=b.nested,
-                        mcp=b.mcp, knowledge=b.knowledge)
+                        mcp=b.mcp, knowledge=b.knowledge, router=router)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -46,11 +46,27 @@ AGENT_PROPS: dict[str, Any] = {
     "retry": {"$ref": "#/$defs/retry"},
     "fallback_models": {"type": "array", "items": {"type": "string"}},
     "cache_prompt": {"type": "boolean"},
+    "batch": {"type": "boolean",
+              "description": "send this agent's calls through the Message Batches API (half price, not urgent)"},
     "task_type": {"enum": ["classification", "extraction", "formatting", "synthesis", "reasoning"]},
     "tool_choice": {"type": "string", "minLength": 1,
                     "description": "first turn: 'any' (call a tool), a tool's name, or 'auto'"},
     "sections": {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": "^[^\n#]{1,60}$"},
                  "description": "the answer's Markdown '## ' headings, in order"},
+}
+
+_UNIT = {"type": "number", "minimum": 0, "maximum": 1}
+ROUTING = {
+    "type": "object", "additionalProperties": False,
+    "description": "how agents with model: auto pick a model (by task_type, a heuristic, or an assessor's rating)",
+    "properties": {
+        "assess": {"type": "boolean", "description": "ask the assessor model to rate each task's complexity"},
+        "assessor": {"type": "string", "minLength": 1},
+        "cheap": {"type": "string", "minLength": 1},
+        "standard": {"type": "string", "minLength": 1},
+        "strong": {"type": "string", "minLength": 1},
+        "cheap_below": _UNIT, "strong_above": _UNIT, "assess_cheap_below": _UNIT, "assess_strong_above": _UNIT,
+    },
 }
 
 MCP = {
@@ -127,6 +143,7 @@ PATTERNS = [
                                   "properties": {"agent": {"$ref": "#/$defs/ref"},
                                                  "over": {"enum": ["lines", "json"]}}},
                          "aggregator": NAME, "max_items": POS_INT,
+                         "batch": {"type": "boolean", "description": "the branches go out as one Message Batch"},
                          "policy": {"type": "string", "pattern": "^(all|best_effort|quorum:[1-9][0-9]*)$"}},
              []),
     _pattern("router", {"classifier": NAME, "routes": {"type": "object", "minProperties": 1,
@@ -174,6 +191,7 @@ SCHEMA: dict[str, Any] = {
         "rate_limits": {"type": "object", "additionalProperties": {"$ref": "#/$defs/rate_limit"}},
         "retry": {"$ref": "#/$defs/retry"},
         "breaker": {"$ref": "#/$defs/breaker"},
+        "routing": ROUTING,
         "knowledge": {"type": "object", "propertyNames": NAME, "additionalProperties": {"$ref": "#/$defs/knowledge"}},
     },
     "$defs": {

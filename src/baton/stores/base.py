@@ -21,12 +21,13 @@ RunStatus = Literal[
     "failed",
     "budget_exceeded",
     "awaiting_approval",
+    "awaiting_batch",
     "interrupted",
     "cancelled",
 ]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 RESUMABLE_STATUSES: frozenset[str] = frozenset(
-    {"pending", "running", "budget_exceeded", "awaiting_approval", "interrupted", "failed"}
+    {"pending", "running", "budget_exceeded", "awaiting_approval", "awaiting_batch", "interrupted", "failed"}
 )
 
 StepKind = Literal["model", "tool", "agent", "step", "approval", "message", "state"]

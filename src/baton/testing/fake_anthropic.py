@@ -231,12 +231,13 @@ class FakeAnthropicServer:
         api_key: if set, any other key gets 401; otherwise any non-empty key is accepted.
         seed: seeds the coin for faults with ``p < 1``.
         log_path: append each finished request as a JSON line (for other processes).
+        batch_processing_s: how long a Message Batch takes to end (``server.batches``).
     """
 
     def __init__(self, rules: list[Rule] | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  rate_limits: RateLimitConfig | None = None, cache_min_tokens: int = 1024,
                  default_latency_s: float = 0.0, api_key: str | None = None, seed: int = 0,
-                 log_path: str | os.PathLike[str] | None = None) -> None:
+                 log_path: str | os.PathLike[str] | None = None, batch_processing_s: float = 1.0) -> None:
         self.script = Script(rules, seed=seed)
         self.host = host
         self.port = port
@@ -260,6 +261,10 @@ class FakeAnthropicServer:
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._reset_buckets()
+        from baton.testing.fake_batches import BatchDesk
+
+        self.batches = BatchDesk(self, processing_s=batch_processing_s)
+        """The Message Batches endpoints: their batches, request log and knobs (``fake_batches``)."""
 
     # -- configuration and inspection --
 
@@ -317,6 +322,7 @@ class FakeAnthropicServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/messages", self._handle_messages)
         app.router.add_post("/v1/messages/count_tokens", self._handle_count_tokens)
+        self.batches.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096, reuse_address=True)
@@ -432,8 +438,8 @@ class FakeAnthropicServer:
         hdrs = {"request-id": request_id, **(headers or {})}
         return web.Response(status=status, body=body, headers=hdrs, content_type="application/json")
 
-    async def _process(self, request: web.Request, entry: LoggedRequest) -> web.StreamResponse:
-        rid = entry.request_id
+    def refused(self, request: web.Request, rid: str, entry: LoggedRequest | None = None) -> web.Response | None:
+        """The 401/400 answer to a request without a valid key or ``anthropic-version``, else None."""
         key = request.headers.get("x-api-key") or ""
         auth = request.headers.get("authorization") or ""
         if not key and auth.lower().startswith("bearer "):
@@ -445,6 +451,34 @@ class FakeAnthropicServer:
         if not request.headers.get("anthropic-version"):
             return self._error(400, "invalid_request_error", "anthropic-version: header is required", rid,
                                entry=entry)
+        return None
+
+    def answer(self, body: JSON, neutral: Any, rule: Rule | None, plan: CachePlan, rid: str,
+               *, tier: str = "standard") -> JSON:
+        """The message answering ``body`` (its rule's reply); prompt-cache writes commit now."""
+        reply = rule.resolve(neutral) if rule is not None else DEFAULT_REPLY
+        rendered = render_reply(reply, neutral, self._new_tool_id)
+        self.cache.commit(plan, self.now())
+        usage: JSON = {
+            "input_tokens": plan.input_tokens,
+            "cache_creation_input_tokens": plan.write_5m + plan.write_1h,
+            "cache_read_input_tokens": plan.read_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": plan.write_5m,
+                               "ephemeral_1h_input_tokens": plan.write_1h},
+            "output_tokens": rendered.output_tokens,
+            "service_tier": tier,
+        }
+        return {
+            "id": f"msg_fake_{rid[9:]}", "type": "message", "role": "assistant", "model": body["model"],
+            "content": rendered.content, "stop_reason": rendered.stop_reason,
+            "stop_sequence": rendered.stop_sequence, "usage": usage,
+        }
+
+    async def _process(self, request: web.Request, entry: LoggedRequest) -> web.StreamResponse:
+        rid = entry.request_id
+        refused = self.refused(request, rid, entry)
+        if refused is not None:
+            return refused
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError as exc:
@@ -488,29 +522,13 @@ class FakeAnthropicServer:
             ctype = fhdrs.pop("content-type", "application/json")
             return web.Response(status=status, body=raw, headers=fhdrs, content_type=ctype.split(";")[0])
 
-        reply = rule.resolve(neutral) if rule is not None else DEFAULT_REPLY
-        rendered = render_reply(reply, neutral, self._new_tool_id)
         # The response starts now: cache writes become readable and output is charged.
+        message = self.answer(body, neutral, rule, plan, rid)
         start = self.now()
-        self.cache.commit(plan, start)
+        usage = entry.usage = message["usage"]
         bucket = self._buckets.get("output-tokens")
         if bucket is not None:
-            bucket.take(rendered.output_tokens, start)
-        usage: JSON = {
-            "input_tokens": plan.input_tokens,
-            "cache_creation_input_tokens": plan.write_5m + plan.write_1h,
-            "cache_read_input_tokens": plan.read_tokens,
-            "cache_creation": {"ephemeral_5m_input_tokens": plan.write_5m,
-                               "ephemeral_1h_input_tokens": plan.write_1h},
-            "output_tokens": rendered.output_tokens,
-            "service_tier": "standard",
-        }
-        entry.usage = usage
-        message: JSON = {
-            "id": f"msg_fake_{rid[9:]}", "type": "message", "role": "assistant", "model": body["model"],
-            "content": rendered.content, "stop_reason": rendered.stop_reason,
-            "stop_sequence": rendered.stop_sequence, "usage": usage,
-        }
+            bucket.take(usage["output_tokens"], start)
         out_headers = {"request-id": rid, **self._ratelimit_headers(start)}
         if not stream:
             entry.status = 200
@@ -632,6 +650,8 @@ async def _serve(args: argparse.Namespace) -> None:
         else int(options.get("cache_min_tokens", 1024)),
         default_latency_s=args.latency if args.latency is not None else float(options.get("latency_s", 0.0)),
         api_key=args.api_key, seed=args.seed, log_path=args.log,
+        batch_processing_s=args.batch_processing if args.batch_processing is not None
+        else float(options.get("batch_processing_s", 1.0)),
     )
     await server.start()
     done = asyncio.Event()
@@ -659,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log", default=None, help="append each request as a JSON line to this file")
+    parser.add_argument("--batch-processing", type=float, default=None,
+                        help="seconds a Message Batch takes to end (default 1)")
     args = parser.parse_args(argv)
     try:
         asyncio.run(_serve(args))
