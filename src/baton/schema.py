@@ -59,6 +59,22 @@ def validation_errors(value: Any, schema: dict[str, Any]) -> list[str]:
     return errors
 
 
+def resolve_ref(root: Any, ref: Any) -> Any:
+    """The node a local ``$ref`` ("#/$defs/Name", a JSON Pointer into ``root``) points at.
+
+    ``ValueError`` when ``ref`` is not a local reference, ``LookupError`` when it points nowhere.
+    """
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        raise ValueError(f"unsupported $ref {ref!r} (only '#/...' references)")
+    node = root
+    for segment in ref[2:].split("/"):
+        key = segment.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or key not in node:
+            raise LookupError(f"unresolvable $ref {ref!r}")
+        node = node[key]
+    return node
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data (pydantic outputs dumped), for anything that is journaled."""
     if hasattr(value, "model_dump"):

@@ -37,6 +37,7 @@ from baton.messages import (
     ToolSpec,
     ToolUseBlock,
 )
+from baton.schema import resolve_ref
 
 JSON = dict[str, Any]
 
@@ -435,11 +436,10 @@ _FORMAT_EXAMPLES = {
 
 
 def _resolve_ref(ref: str, root: JSON) -> JSON:
-    if not ref.startswith("#/"):
+    try:
+        node = resolve_ref(root, ref)
+    except (ValueError, LookupError):
         return {}
-    node: Any = root
-    for part in ref[2:].split("/"):
-        node = node.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(node, dict) else {}
     return node if isinstance(node, dict) else {}
 
 
