@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 import baton
 from baton.errors import WorkflowError
+from baton.patterns.compress import Compressor
 from baton.patterns.orchestrator import Orchestrator
 from baton.spec import load_workflow_file
 from baton.spec.loader import load_yaml
@@ -77,3 +79,22 @@ def test_unknown_limit_and_retry_keys(tmp_path: Path) -> None:
         load_workflow_file(f)
     fields = {p["field"] for p in exc.value.problems}
     assert {"agents.a.retry.max_attemps", "limits.budget"} <= fields
+
+
+@pytest.mark.parametrize("workflow, attrs", [
+    ("{pattern: orchestrator, planner: a, workers: [b], compress_context: {agent: b}}",
+     ("max_subtasks", "max_replans", "concurrency", "repair_plan", "min_subtasks")),
+    ("{pattern: fan_out, each: {agent: a}}", ("over", "policy", "max_items")),
+    ("{pattern: refine, drafter: a, critics: [b]}", ("max_rounds", "require_approval")),
+    ("{pattern: handoffs, agents: [a, b], start: a}", ("max_handoffs",)),
+    ("{pattern: consensus, voters: [a, b], vote: majority}", ("weights", "shuffle")),
+])
+def test_settings_a_file_leaves_out_take_the_python_defaults(tmp_path: Path, workflow: str,
+                                                             attrs: tuple[str, ...]) -> None:
+    f = tmp_path / "w.yaml"
+    f.write_text(f"version: 1\nname: w\nagents: {{a: {{}}, b: {{}}}}\nworkflow: {workflow}\n")
+    built = load_workflow_file(f).root
+    defaults = {f.name: f.default for f in dataclasses.fields(built)}
+    assert {a: getattr(built, a) for a in attrs} == {a: defaults[a] for a in attrs}
+    if isinstance(built, Orchestrator):
+        assert built.compress is not None and built.compress.over_chars == Compressor().over_chars

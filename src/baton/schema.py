@@ -5,13 +5,10 @@ pydantic and jsonschema are imported on first use, not at ``import baton``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-
-T = TypeVar("T")
 
 
 def is_pydantic_model(obj: Any) -> bool:
@@ -84,23 +81,3 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
-
-
-def settings_from_mapping(cls: type[T], d: Any, *, where: str, what: str) -> T:
-    """Build a settings dataclass from a YAML mapping; unknown keys and bad values raise
-    ``WorkflowError`` naming the field (``where.key``)."""
-    from dataclasses import fields
-
-    from baton.errors import WorkflowError
-
-    if not isinstance(d, Mapping):
-        raise WorkflowError(f"must be a mapping of {what}, got {type(d).__name__}", field=where)
-    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    for key in d:
-        if key not in known:
-            raise WorkflowError(f"unknown key {key!r}; expected one of {known}", field=f"{where}.{key}")
-    try:
-        return cls(**dict(d))
-    except WorkflowError as exc:
-        name = (exc.field or "").rpartition(".")[2]
-        raise WorkflowError(exc.problems[0]["message"], field=f"{where}.{name}") from None
