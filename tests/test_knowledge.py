@@ -305,7 +305,7 @@ def test_minilm_without_the_dense_extra_is_one_clear_error(tmp_path: Path) -> No
 @pytest.mark.skipif(not _has_dense(), reason="needs the dense extra: pip install 'baton-agents[dense]'")
 @pytest.mark.timeout(600)
 def test_minilm_embeds_offline_and_ranks_by_meaning(tmp_path: Path) -> None:
-    from baton.knowledge import MiniLMEmbedder
+    from baton.knowledge.embed import MiniLMEmbedder
 
     car, auto, fruit = MiniLMEmbedder().embed(["a fast car", "a quick automobile", "a ripe banana"])
     assert len(car) == 384

@@ -9,10 +9,10 @@ from baton.patterns.consensus import Consensus
 from baton.patterns.fan_out import FanOut
 from baton.patterns.gates import FallbackChain, Gate, Verdict
 from baton.patterns.handoff import Handoffs
-from baton.patterns.orchestrator import Orchestrator, plan_schema, repair_plan, validate_plan
+from baton.patterns.orchestrator import Orchestrator
 from baton.patterns.pipeline import Pipeline, Stage
 from baton.patterns.refine import Refine
 from baton.patterns.router import Router
 
 __all__ = ["Bus", "BusMessage", "Consensus", "FallbackChain", "FanOut", "Gate", "Handoffs", "Orchestrator",
-           "Pipeline", "Refine", "Router", "Stage", "Verdict", "plan_schema", "repair_plan", "validate_plan"]
+           "Pipeline", "Refine", "Router", "Stage", "Verdict"]

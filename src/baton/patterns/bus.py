@@ -51,6 +51,8 @@ START_SENDER = "user"
 
 @dataclass(frozen=True, slots=True)
 class BusMessage:
+    """One message on the bus: who sent it to whom, its type and payload, and what it answers."""
+
     task_id: str
     sender: str
     recipient: str
@@ -76,6 +78,9 @@ def message_id(parent: str | None, sender: str, index: int) -> str:
 
 @dataclass
 class Bus:
+    """Agents that react to messages: each subscribes to message types and publishes new ones,
+    until a message of a ``terminal`` type ends the run."""
+
     agents: Mapping[str, Target]
     subscriptions: Mapping[str, list[str]]
     start: Mapping[str, Any]

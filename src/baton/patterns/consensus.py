@@ -51,6 +51,8 @@ VOTE_SCHEMA: dict[str, Any] = {
 
 @dataclass
 class Consensus:
+    """Several voters answer the same input; a judge agent picks the answer, or a vote does."""
+
     voters: list[Target]
     judge: Agent | None = None
     vote: Literal["majority", "weighted"] | None = None

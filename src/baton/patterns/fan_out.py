@@ -70,6 +70,9 @@ def is_list_function(fn: Any) -> bool:
 
 @dataclass
 class FanOut:
+    """The same input to several agents (``agents``), or one call per item of the input (``each``),
+    concurrently; an optional aggregator combines the results, the ``policy`` says how failures count."""
+
     agents: list[Target] | None = None
     each: Target | None = None
     over: Literal["lines", "json"] = "lines"

@@ -60,6 +60,8 @@ def _transfer_tool(peer: str, description: str) -> Tool:
 
 @dataclass
 class Handoffs:
+    """Agents that hand the conversation to each other (a transfer tool each), starting with ``start``."""
+
     agents: Mapping[str, Agent]
     start: str
     max_handoffs: int = 5

@@ -213,6 +213,9 @@ def _canonical(plan: Mapping[str, Any], workers: list[str]) -> dict[str, Any]:
 
 @dataclass
 class Orchestrator:
+    """A planner splits the task into subtasks with dependencies (validated, re-planned or
+    repaired), workers run them as a DAG, and an optional synthesizer writes the answer."""
+
     planner: Agent
     workers: Mapping[str, Target]
     synthesizer: Agent | None = None

@@ -39,6 +39,8 @@ CRITIQUE_SCHEMA: dict[str, Any] = {
 
 @dataclass
 class Refine:
+    """Draft, critique and revise: critics review the draft until they approve it or ``max_rounds`` ends."""
+
     drafter: Target
     critics: list[Target]
     max_rounds: int = 3

@@ -11,7 +11,7 @@ import os
 from collections.abc import AsyncIterator
 
 from baton.errors import UsageError
-from baton.stores.base import Owner, RunRecord, StepRecord, Store, Transition
+from baton.stores.base import RunRecord, StepRecord, Store
 
 DEFAULT_STORE_URL = "sqlite:///.baton/baton.db"
 
@@ -62,5 +62,4 @@ async def using_store(store: Store | str | None) -> AsyncIterator[Store]:
             await opened.close()
 
 
-__all__ = ["DEFAULT_STORE_URL", "Owner", "RunRecord", "StepRecord", "Store", "Transition", "open_store",
-           "store_url_from_env", "using_store"]
+__all__ = ["RunRecord", "StepRecord", "Store", "open_store"]

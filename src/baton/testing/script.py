@@ -200,10 +200,12 @@ class Reply:
 
 
 def text(value: str, *, stop_reason: str | None = None, thinking: str | None = None) -> Reply:
+    """A reply with this text (and optionally thinking)."""
     return Reply("text", text=value, stop_reason=stop_reason, thinking=thinking)
 
 
 def tool_call(name: str, input: JSON, *, text: str = "", stop_reason: str | None = None) -> Reply:  # noqa: A002
+    """A reply that calls tool ``name`` with ``input``."""
     return Reply("tool_calls", text=text, calls=((name, dict(input)),), stop_reason=stop_reason)
 
 
