@@ -16,7 +16,9 @@ import pytest
 import baton
 from _services import PG_URL, postgres_problem
 from baton.errors import UsageError
-from baton.knowledge import KnowledgeBase, chunk_text, rrf
+from baton.knowledge import KnowledgeBase
+from baton.knowledge.base import rrf
+from baton.knowledge.chunking import chunk_text
 from baton.models.anthropic import AnthropicModel
 from baton.spec.build import load_workflow_file
 from baton.testing import FakeAnthropicServer, Rule, text, tool_call

@@ -106,6 +106,18 @@ def _add_usage(attrs: dict[str, Any], usage: Any) -> None:
     attrs["gen_ai.usage.cache_creation.input_tokens"] = int(write)
 
 
+def _per_span(template: dict[str, Any], data: dict[str, Any], count: str, attr: str) -> dict[str, Any]:
+    """A copy of a cached attribute template plus what differs per span: the step key and one count."""
+    attrs = template.copy()
+    key = data.get("key")
+    if key is not None:
+        attrs["baton.step_key"] = str(key)
+    value = data.get(count)
+    if isinstance(value, int):
+        attrs[attr] = value
+    return attrs
+
+
 def _hex_id(text: str, hex_chars: int) -> int:
     """Baton's hex id as an OTel id, or a random one when it is not a valid id of that size."""
     if len(text) == hex_chars:
@@ -544,14 +556,7 @@ class OTelSink:
             template = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": str(agent or "")}
             if isinstance(agent, str | None) and len(self._agent_templates) < _TEMPLATES_MAX:
                 self._agent_templates[agent] = template
-        attrs = template.copy()
-        key = data.get("key")
-        if key is not None:
-            attrs["baton.step_key"] = str(key)
-        depth = data.get("depth")
-        if isinstance(depth, int):
-            attrs["baton.depth"] = depth
-        return attrs
+        return _per_span(template, data, "depth", "baton.depth")
 
     def _agent_start(self, event: Event, data: dict[str, Any]) -> None:
         attrs = self._content(event.kind, data, self._agent_attrs(data))
@@ -586,14 +591,7 @@ class OTelSink:
                 template["gen_ai.request.max_tokens"] = max_tokens
             if all(isinstance(v, str | int | None) for v in key) and len(self._model_templates) < _TEMPLATES_MAX:
                 self._model_templates[key] = template
-        attrs = template.copy()
-        step_key = data.get("key")
-        if step_key is not None:
-            attrs["baton.step_key"] = str(step_key)
-        attempt = data.get("attempt")
-        if isinstance(attempt, int):
-            attrs["baton.attempt"] = attempt
-        return attrs
+        return _per_span(template, data, "attempt", "baton.attempt")
 
     def _model_request(self, event: Event, data: dict[str, Any]) -> None:
         attrs = self._content(event.kind, data, self._model_attrs(data))
