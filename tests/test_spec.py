@@ -98,3 +98,29 @@ def test_settings_a_file_leaves_out_take_the_python_defaults(tmp_path: Path, wor
     assert {a: getattr(built, a) for a in attrs} == {a: defaults[a] for a in attrs}
     if isinstance(built, Orchestrator):
         assert built.compress is not None and built.compress.over_chars == Compressor().over_chars
+
+
+@pytest.mark.parametrize("workflow, field, bad", [
+    ("{pattern: orchestrator, planner: a, workers: [b]}", "max_subtasks", 0),
+    ("{pattern: orchestrator, planner: a, workers: [b]}", "max_replans", -1),
+    ("{pattern: fan_out, each: {agent: a}}", "max_items", 0),
+    ("{pattern: refine, drafter: a, critics: [b]}", "max_rounds", 0),
+    ("{pattern: handoffs, agents: [a, b], start: a}", "max_handoffs", -1),
+    ("{pattern: bus, subscriptions: {a: [t]}, start: {type: t}}", "max_messages", 0),
+    ("{pattern: consensus, voters: [a, b], vote: majority}", "shuffle", 1),
+])
+def test_pattern_settings_are_checked_alike_in_python_and_yaml(tmp_path: Path, workflow: str, field: str,
+                                                               bad: object) -> None:
+    """One declaration per setting: the Python check and the YAML schema refuse the same values."""
+    f = tmp_path / "w.yaml"
+    f.write_text(f"version: 1\nname: w\nagents: {{a: {{}}, b: {{}}}}\nworkflow: {workflow}\n")
+    built = load_workflow_file(f).root
+    with pytest.raises(WorkflowError, match=f"{field}: must be"):
+        dataclasses.replace(built, **{field: bad})
+    f.write_text(f"version: 1\nname: w\nagents: {{a: {{}}, b: {{}}}}\nworkflow: {workflow[:-1]}, {field}: {bad}}}\n")
+    with pytest.raises(WorkflowError) as exc:
+        load_workflow_file(f)
+    assert exc.value.field == f"workflow.{field}"
+    schema = SCHEMA["$defs"]["workflow"]["allOf"]
+    declared = {k for p in schema for k in p["then"]["properties"]}
+    assert field in declared

@@ -143,9 +143,14 @@ class Settings:
         return settings_from_mapping(cls, {} if d is None else d, where=where or cls.section)
 
 
+def settings_props(cls: type[Any]) -> dict[str, Any]:
+    """The JSON Schema of each declared setting of ``cls`` (a YAML mapping's ``properties``)."""
+    return {f.name: bound.json_schema() for f in fields(cls) if (bound := bound_of(f)) is not None}
+
+
 def settings_schema(cls: type[Any], *, min_properties: int | None = None) -> dict[str, Any]:
     """The JSON Schema of a YAML mapping of ``cls``'s settings (every declared field, no others)."""
-    props = {f.name: bound.json_schema() for f in fields(cls) if (bound := bound_of(f)) is not None}
+    props = settings_props(cls)
     out: dict[str, Any] = {"type": "object", "additionalProperties": False}
     if min_properties is not None:
         out["minProperties"] = min_properties

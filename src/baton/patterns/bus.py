@@ -45,6 +45,7 @@ from baton.patterns._base import (
     own_scope,
     resolve_name,
 )
+from baton.settings import check_settings, setting
 
 START_SENDER = "user"
 
@@ -85,7 +86,7 @@ class Bus:
     subscriptions: Mapping[str, list[str]]
     start: Mapping[str, Any]
     terminal: list[str] = field(default_factory=list)
-    max_messages: int = 100
+    max_messages: int = setting(100, "integer", minimum=1)
     name: str = "bus"
 
     def __post_init__(self) -> None:
@@ -110,8 +111,7 @@ class Bus:
         to = self.start.get("to", "")
         if to and to not in self.agents:
             raise UsageError(f"{where}: start.to names unknown agent {to!r}; agents: {', '.join(self.agents)}")
-        if self.max_messages < 1:
-            raise UsageError(f"{where}: max_messages must be at least 1")
+        check_settings(self, "bus")
         types = [t for subs in self.subscriptions.values() for t in subs] + list(self.terminal)
         self._types = list(dict.fromkeys(types))
         if not to and self.start["type"] not in self._types:

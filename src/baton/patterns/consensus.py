@@ -21,6 +21,7 @@ from baton.errors import StepFailed, UsageError
 from baton.observe import events as ev
 from baton.patterns._base import Target, as_text, invoke, is_fatal, output_of, target_name
 from baton.schema import validation_errors
+from baton.settings import check_settings, setting
 
 RESULT_EVENT = ev.CONSENSUS_RESULT
 
@@ -57,12 +58,13 @@ class Consensus:
     judge: Agent | None = None
     vote: Literal["majority", "weighted"] | None = None
     weights: dict[str, float] | None = None
-    shuffle: bool = True
+    shuffle: bool = setting(True, "boolean")
     name: str = "consensus"
     _voters: list[Target] = field(init=False, repr=False)
     _judge: Agent | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
+        check_settings(self, "consensus")
         if len(self.voters) < 2:
             raise UsageError(f"consensus {self.name!r} needs at least two voters")
         names = [target_name(v) for v in self.voters]

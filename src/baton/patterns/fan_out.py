@@ -40,6 +40,7 @@ from baton.patterns._base import (
     output_of,
     target_name,
 )
+from baton.settings import check_settings, setting
 
 SUMMARY_EVENT = ev.FAN_OUT_DONE
 DEFAULT_MAX_ITEMS = 100
@@ -79,7 +80,7 @@ class FanOut:
     aggregator: Target | Callable[[list[Any]], Any] | None = None
     policy: str = "all"
     name: str = "fan_out"
-    max_items: int = DEFAULT_MAX_ITEMS
+    max_items: int = setting(DEFAULT_MAX_ITEMS, "integer", minimum=1)
     """The most items an ``each`` fan-out calls its target with; more fails the step."""
 
     def __post_init__(self) -> None:
@@ -90,8 +91,7 @@ class FanOut:
             raise UsageError(f"fan-out {self.name!r}: agents is empty")
         if self.over not in ("lines", "json"):
             raise UsageError(f"fan-out {self.name!r}: over must be 'lines' or 'json', not {self.over!r}")
-        if not isinstance(self.max_items, int) or isinstance(self.max_items, bool) or self.max_items < 1:
-            raise UsageError(f"fan-out {self.name!r}: max_items must be an integer >= 1, not {self.max_items!r}")
+        check_settings(self, "fan_out")
         self._kind, self._quorum = parse_policy(self.policy)
         if self.agents is not None and self._quorum > len(self.agents):
             raise UsageError(f"fan-out {self.name!r}: quorum {self._quorum} is more than the "

@@ -23,6 +23,7 @@ from baton.context import RunContext
 from baton.errors import DepthExceeded, StepFailed, UsageError
 from baton.messages import Message, ToolResultBlock, ToolUseBlock
 from baton.patterns._base import as_text, own_scope, safe_label
+from baton.settings import check_settings, setting
 from baton.tools import Tool
 
 TRANSFER_SCHEMA: dict[str, Any] = {
@@ -64,7 +65,8 @@ class Handoffs:
 
     agents: Mapping[str, Agent]
     start: str
-    max_handoffs: int = 5
+    max_handoffs: int = setting(5, "integer", minimum=0)
+    """Transfers allowed in one run of the pattern (0: the start agent answers alone)."""
     name: str = "handoffs"
     _tools: dict[str, list[Tool]] = field(init=False, repr=False)
 
@@ -74,8 +76,7 @@ class Handoffs:
             raise UsageError(f"{where} needs at least two agents")
         if self.start not in self.agents:
             raise UsageError(f"{where}: start agent {self.start!r} is not one of {', '.join(self.agents)}")
-        if self.max_handoffs < 0:
-            raise UsageError(f"{where}: max_handoffs must be >= 0")
+        check_settings(self, "handoffs")
         names = [transfer_tool_name(p) for p in self.agents]
         if len(set(names)) != len(names):
             raise UsageError(f"{where}: agent names map to clashing tool names {names}; rename the agents")

@@ -32,6 +32,7 @@ from baton.patterns._base import (
 )
 from baton.patterns.compress import Compressor
 from baton.runtime.scheduler import find_cycle, run_dag
+from baton.settings import check_settings, setting
 
 MAX_SHOWN_ERRORS = 10
 """Plan problems quoted to the planner and in a PlanError; the rest are counted."""
@@ -219,21 +220,22 @@ class Orchestrator:
     planner: Agent
     workers: Mapping[str, Target]
     synthesizer: Agent | None = None
-    max_subtasks: int = 10
-    max_replans: int = 2
-    concurrency: int | None = None
+    max_subtasks: int = setting(10, "integer", minimum=1)
+    max_replans: int = setting(2, "integer", minimum=0)
+    concurrency: int | None = setting(None, "integer", minimum=1)
     """Subtasks in flight at once (None: the run's concurrency limit)."""
     name: str = "orchestrator"
-    repair_plan: bool = False
+    repair_plan: bool = setting(False, "boolean")
     """After the last re-plan, repair a still-invalid plan deterministically instead of failing."""
     compress: Compressor | None = None
     """Summarise long dependency outputs with a cheap model before handing them on."""
-    min_subtasks: int = 1
+    min_subtasks: int = setting(1, "integer", minimum=1)
     """Fewest subtasks a plan may have (in the plan's schema: Claude sees it, a grammar enforces it)."""
     _planner: Agent = field(init=False, repr=False)
     _grammar_planner: Agent = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_settings(self, "orchestrator")
         if isinstance(self.workers, list):
             self.workers = {target_name(w): w for w in self.workers}
         check_distinct_names(self.workers, f"orchestrator {self.name!r}", "workers")

@@ -23,6 +23,7 @@ from baton.errors import StepFailed, UsageError
 from baton.observe import events as ev
 from baton.patterns._base import CallFailed, Target, as_text, invoke, labelled, target_name
 from baton.schema import validation_errors
+from baton.settings import check_settings, setting
 
 ROUND_EVENT = ev.REFINE_ROUND
 
@@ -43,18 +44,17 @@ class Refine:
 
     drafter: Target
     critics: list[Target]
-    max_rounds: int = 3
+    max_rounds: int = setting(3, "integer", minimum=1)
     reviser: Target | None = None
     name: str = "refine"
-    require_approval: bool = False
+    require_approval: bool = setting(False, "boolean")
     """Fail (``StepFailed``) instead of returning a draft the critics did not approve."""
     _critics: list[Target] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.critics:
             raise UsageError(f"refine {self.name!r} needs at least one critic")
-        if not isinstance(self.max_rounds, int) or isinstance(self.max_rounds, bool) or self.max_rounds < 1:
-            raise UsageError(f"refine {self.name!r}: max_rounds must be an integer >= 1, not {self.max_rounds!r}")
+        check_settings(self, "refine")
         names = [target_name(c) for c in self.critics]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
