@@ -124,3 +124,18 @@ def test_pattern_settings_are_checked_alike_in_python_and_yaml(tmp_path: Path, w
     schema = SCHEMA["$defs"]["workflow"]["allOf"]
     declared = {k for p in schema for k in p["then"]["properties"]}
     assert field in declared
+
+
+def test_a_file_loads_only_the_patterns_it_uses() -> None:
+    """The workflow schema needs the patterns' settings only (``patterns/_settings``), not the patterns."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from baton.spec import load_workflow_file; load_workflow_file(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.startswith('baton.patterns.')))")
+    for example, expected in (("agent/calculator.yaml", ["baton.patterns._settings"]),
+                              ("pipeline/content.yaml", ["baton.patterns._base", "baton.patterns._settings",
+                                                         "baton.patterns.gates", "baton.patterns.pipeline"])):
+        out = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / example)], capture_output=True,
+                             text=True, check=True, timeout=120).stdout.strip()
+        assert out == repr(expected), example

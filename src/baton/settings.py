@@ -84,6 +84,13 @@ def setting(default: Any, kind: Kind, *, minimum: float | None = None, exclusive
     return field(default=default, metadata={"setting": bound})
 
 
+def declared(cls: type[Any], name: str) -> Any:
+    """A dataclass field that is ``cls``'s setting ``name`` again (same default and bounds): for a
+    class whose settings are declared in a lighter one (the patterns' in ``patterns/_settings``)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
+
+
 def bound_of(f: Field[Any]) -> Bound | None:
     bound = f.metadata.get("setting")
     return bound if isinstance(bound, Bound) else None

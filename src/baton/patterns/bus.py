@@ -45,7 +45,8 @@ from baton.patterns._base import (
     own_scope,
     resolve_name,
 )
-from baton.settings import check_settings, setting
+from baton.patterns._settings import BusSettings
+from baton.settings import check_settings, declared
 
 START_SENDER = "user"
 
@@ -86,7 +87,7 @@ class Bus:
     subscriptions: Mapping[str, list[str]]
     start: Mapping[str, Any]
     terminal: list[str] = field(default_factory=list)
-    max_messages: int = setting(100, "integer", minimum=1)
+    max_messages: int = declared(BusSettings, "max_messages")
     name: str = "bus"
 
     def __post_init__(self) -> None:

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from baton.agent import Agent
 from baton.context import RunContext
 from baton.patterns._base import output_of
-from baton.settings import check_settings, setting
+from baton.patterns._settings import CompressorSettings
+from baton.settings import check_settings, declared
 
 SUMMARIZER = Agent(
     "summarizer", model="claude-haiku-4-5", max_tokens=600, temperature=0, task_type="formatting",
@@ -24,7 +25,7 @@ SUMMARIZER = Agent(
 class Compressor:
     """Summarises a text longer than ``over_chars`` with a cheap model before it is handed on."""
 
-    over_chars: int = setting(4000, "integer", minimum=1)
+    over_chars: int = declared(CompressorSettings, "over_chars")
     """Texts longer than this are summarised; shorter ones pass unchanged (no model call)."""
     summarizer: Agent = field(default_factory=lambda: SUMMARIZER)
 

@@ -20,8 +20,9 @@ from baton.context import RunContext
 from baton.errors import StepFailed, UsageError
 from baton.observe import events as ev
 from baton.patterns._base import Target, as_text, invoke, is_fatal, output_of, target_name
+from baton.patterns._settings import ConsensusSettings
 from baton.schema import validation_errors
-from baton.settings import check_settings, setting
+from baton.settings import check_settings, declared
 
 RESULT_EVENT = ev.CONSENSUS_RESULT
 
@@ -58,7 +59,7 @@ class Consensus:
     judge: Agent | None = None
     vote: Literal["majority", "weighted"] | None = None
     weights: dict[str, float] | None = None
-    shuffle: bool = setting(True, "boolean")
+    shuffle: bool = declared(ConsensusSettings, "shuffle")
     name: str = "consensus"
     _voters: list[Target] = field(init=False, repr=False)
     _judge: Agent | None = field(init=False, default=None, repr=False)

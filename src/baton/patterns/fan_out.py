@@ -40,10 +40,10 @@ from baton.patterns._base import (
     output_of,
     target_name,
 )
-from baton.settings import check_settings, setting
+from baton.patterns._settings import FanOutSettings
+from baton.settings import check_settings, declared
 
 SUMMARY_EVENT = ev.FAN_OUT_DONE
-DEFAULT_MAX_ITEMS = 100
 
 
 def parse_policy(policy: str) -> tuple[str, int]:
@@ -80,7 +80,7 @@ class FanOut:
     aggregator: Target | Callable[[list[Any]], Any] | None = None
     policy: str = "all"
     name: str = "fan_out"
-    max_items: int = setting(DEFAULT_MAX_ITEMS, "integer", minimum=1)
+    max_items: int = declared(FanOutSettings, "max_items")
     """The most items an ``each`` fan-out calls its target with; more fails the step."""
 
     def __post_init__(self) -> None:

@@ -23,7 +23,8 @@ from baton.context import RunContext
 from baton.errors import DepthExceeded, StepFailed, UsageError
 from baton.messages import Message, ToolResultBlock, ToolUseBlock
 from baton.patterns._base import as_text, own_scope, safe_label
-from baton.settings import check_settings, setting
+from baton.patterns._settings import HandoffsSettings
+from baton.settings import check_settings, declared
 from baton.tools import Tool
 
 TRANSFER_SCHEMA: dict[str, Any] = {
@@ -65,7 +66,7 @@ class Handoffs:
 
     agents: Mapping[str, Agent]
     start: str
-    max_handoffs: int = setting(5, "integer", minimum=0)
+    max_handoffs: int = declared(HandoffsSettings, "max_handoffs")
     """Transfers allowed in one run of the pattern (0: the start agent answers alone)."""
     name: str = "handoffs"
     _tools: dict[str, list[Tool]] = field(init=False, repr=False)

@@ -30,9 +30,10 @@ from baton.patterns._base import (
     resolve_name,
     target_name,
 )
+from baton.patterns._settings import OrchestratorSettings
 from baton.patterns.compress import Compressor
 from baton.runtime.scheduler import find_cycle, run_dag
-from baton.settings import check_settings, setting
+from baton.settings import check_settings, declared
 
 MAX_SHOWN_ERRORS = 10
 """Plan problems quoted to the planner and in a PlanError; the rest are counted."""
@@ -220,16 +221,16 @@ class Orchestrator:
     planner: Agent
     workers: Mapping[str, Target]
     synthesizer: Agent | None = None
-    max_subtasks: int = setting(10, "integer", minimum=1)
-    max_replans: int = setting(2, "integer", minimum=0)
-    concurrency: int | None = setting(None, "integer", minimum=1)
+    max_subtasks: int = declared(OrchestratorSettings, "max_subtasks")
+    max_replans: int = declared(OrchestratorSettings, "max_replans")
+    concurrency: int | None = declared(OrchestratorSettings, "concurrency")
     """Subtasks in flight at once (None: the run's concurrency limit)."""
     name: str = "orchestrator"
-    repair_plan: bool = setting(False, "boolean")
+    repair_plan: bool = declared(OrchestratorSettings, "repair_plan")
     """After the last re-plan, repair a still-invalid plan deterministically instead of failing."""
     compress: Compressor | None = None
     """Summarise long dependency outputs with a cheap model before handing them on."""
-    min_subtasks: int = setting(1, "integer", minimum=1)
+    min_subtasks: int = declared(OrchestratorSettings, "min_subtasks")
     """Fewest subtasks a plan may have (in the plan's schema: Claude sees it, a grammar enforces it)."""
     _planner: Agent = field(init=False, repr=False)
     _grammar_planner: Agent = field(init=False, repr=False)

@@ -22,8 +22,9 @@ from baton.context import RunContext
 from baton.errors import StepFailed, UsageError
 from baton.observe import events as ev
 from baton.patterns._base import CallFailed, Target, as_text, invoke, labelled, target_name
+from baton.patterns._settings import RefineSettings
 from baton.schema import validation_errors
-from baton.settings import check_settings, setting
+from baton.settings import check_settings, declared
 
 ROUND_EVENT = ev.REFINE_ROUND
 
@@ -44,10 +45,10 @@ class Refine:
 
     drafter: Target
     critics: list[Target]
-    max_rounds: int = setting(3, "integer", minimum=1)
+    max_rounds: int = declared(RefineSettings, "max_rounds")
     reviser: Target | None = None
     name: str = "refine"
-    require_approval: bool = setting(False, "boolean")
+    require_approval: bool = declared(RefineSettings, "require_approval")
     """Fail (``StepFailed``) instead of returning a draft the critics did not approve."""
     _critics: list[Target] = field(init=False, repr=False)
 

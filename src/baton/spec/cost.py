@@ -14,11 +14,13 @@ from typing import Any
 
 from baton.agent import Agent
 from baton.models.pricing import price_for
-from baton.patterns.bus import Bus
-from baton.patterns.fan_out import FanOut
-from baton.patterns.handoff import Handoffs
-from baton.patterns.orchestrator import Orchestrator
-from baton.patterns.refine import Refine
+from baton.patterns._settings import (
+    BusSettings,
+    FanOutSettings,
+    HandoffsSettings,
+    OrchestratorSettings,
+    RefineSettings,
+)
 
 DEFAULT_INPUT_TOKENS = 8000
 
@@ -92,7 +94,7 @@ def _total(bounds: Iterable[Bound]) -> Bound:
 
 
 def _setting(spec: dict[str, Any], pattern: type[Any], name: str) -> Any:
-    """The file's value, else the pattern's own default (stated once, on its dataclass)."""
+    """The file's value, else the pattern's own default (declared once, in ``patterns/_settings``)."""
     if name in spec:
         return spec[name]
     return next(f.default for f in fields(pattern) if f.name == name)
@@ -112,14 +114,14 @@ def _pattern_bound(spec: dict[str, Any], ref: Callable[[Any], Bound], agent: Cal
 
         return _total(stage(s) for s in spec["stages"])
     if kind == "orchestrator":
-        return (agent(spec["planner"]).times(_setting(spec, Orchestrator, "max_replans") + 1)
-                + Bound.worst([ref(w) for w in spec["workers"]]).times(_setting(spec, Orchestrator, "max_subtasks"))
+        return (agent(spec["planner"]).times(_setting(spec, OrchestratorSettings, "max_replans") + 1)
+                + Bound.worst([ref(w) for w in spec["workers"]]).times(_setting(spec, OrchestratorSettings, "max_subtasks"))
                 + agent(spec.get("synthesizer")))
     if kind == "fan_out":
         if "agents" in spec:
             branches = _total(ref(a) for a in spec["agents"])
         else:  # items are capped (max_items), so the bound is absolute
-            branches = ref(spec["each"]["agent"]).times(_setting(spec, FanOut, "max_items"))
+            branches = ref(spec["each"]["agent"]).times(_setting(spec, FanOutSettings, "max_items"))
         return branches + agent(spec.get("aggregator"))
     if kind == "router":
         routes = [ref(r) for r in spec["routes"].values()]
@@ -131,11 +133,11 @@ def _pattern_bound(spec: dict[str, Any], ref: Callable[[Any], Bound], agent: Cal
     if kind == "refine":
         critics = _total(agent(c) for c in spec["critics"])
         return agent(spec["drafter"]) + (critics + agent(spec.get("reviser") or spec["drafter"])).times(
-            _setting(spec, Refine, "max_rounds"))
+            _setting(spec, RefineSettings, "max_rounds"))
     if kind == "bus":
-        return Bound.worst([agent(n) for n in spec["subscriptions"]]).times(_setting(spec, Bus, "max_messages"))
+        return Bound.worst([agent(n) for n in spec["subscriptions"]]).times(_setting(spec, BusSettings, "max_messages"))
     if kind == "handoffs":
-        return Bound.worst([agent(n) for n in spec["agents"]]).times(_setting(spec, Handoffs, "max_handoffs") + 1)
+        return Bound.worst([agent(n) for n in spec["agents"]]).times(_setting(spec, HandoffsSettings, "max_handoffs") + 1)
     if kind == "fallback":
         return _total(ref(t) + agent(spec.get("gate")) for t in spec["chain"])
     return Bound()

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from baton.patterns.bus import Bus
-from baton.patterns.compress import Compressor
-from baton.patterns.consensus import Consensus
-from baton.patterns.fan_out import FanOut
-from baton.patterns.handoff import Handoffs
-from baton.patterns.orchestrator import Orchestrator
-from baton.patterns.refine import Refine
+from baton.patterns._settings import (
+    BusSettings,
+    CompressorSettings,
+    ConsensusSettings,
+    FanOutSettings,
+    HandoffsSettings,
+    OrchestratorSettings,
+    RefineSettings,
+)
 from baton.runtime.breaker import BreakerSettings
 from baton.runtime.budget import Limits
 from baton.runtime.ratelimit import RateLimits
@@ -124,15 +126,15 @@ PATTERNS = [
     ]}}}, ["stages"]),
     _pattern("orchestrator", {"planner": NAME, "workers": {"type": "array", "minItems": 1,
                                                            "items": {"$ref": "#/$defs/ref"}},
-                              "synthesizer": NAME, **settings_props(Orchestrator),
+                              "synthesizer": NAME, **settings_props(OrchestratorSettings),
                               "compress_context": {"type": "object", "additionalProperties": False,
-                                                   "properties": {**settings_props(Compressor), "agent": NAME}}},
+                                                   "properties": {**settings_props(CompressorSettings), "agent": NAME}}},
              ["planner", "workers"]),
     _pattern("fan_out", {"agents": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}},
                          "each": {"type": "object", "additionalProperties": False, "required": ["agent"],
                                   "properties": {"agent": {"$ref": "#/$defs/ref"},
                                                  "over": {"enum": ["lines", "json"]}}},
-                         "aggregator": NAME, **settings_props(FanOut),
+                         "aggregator": NAME, **settings_props(FanOutSettings),
                          "policy": {"type": "string", "pattern": "^(all|best_effort|quorum:[1-9][0-9]*)$"}},
              []),
     _pattern("router", {"classifier": NAME, "routes": {"type": "object", "minProperties": 1,
@@ -141,18 +143,18 @@ PATTERNS = [
     _pattern("consensus", {"voters": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}},
                            "judge": NAME, "vote": {"enum": ["majority", "weighted"]},
                            "weights": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
-                           **settings_props(Consensus)}, ["voters"]),
+                           **settings_props(ConsensusSettings)}, ["voters"]),
     _pattern("refine", {"drafter": NAME, "critics": {"type": "array", "minItems": 1, "items": NAME},
-                        "reviser": NAME, **settings_props(Refine)},
+                        "reviser": NAME, **settings_props(RefineSettings)},
              ["drafter", "critics"]),
     _pattern("bus", {"subscriptions": {"type": "object", "minProperties": 1,
                                        "additionalProperties": {"type": "array", "items": {"type": "string"}}},
                      "start": {"type": "object", "required": ["type"], "additionalProperties": False,
                                "properties": {"type": {"type": "string"}, "to": NAME, "payload": {}}},
                      "terminal": {"type": "array", "items": {"type": "string"}},
-                     **settings_props(Bus)}, ["subscriptions", "start"]),
+                     **settings_props(BusSettings)}, ["subscriptions", "start"]),
     _pattern("handoffs", {"agents": {"type": "array", "minItems": 1, "items": NAME}, "start": NAME,
-                          **settings_props(Handoffs)}, ["agents", "start"]),
+                          **settings_props(HandoffsSettings)}, ["agents", "start"]),
     _pattern("fallback", {"chain": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}},
                           "gate": NAME}, ["chain"]),
 ]
