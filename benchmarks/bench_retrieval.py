@@ -29,7 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from baton.knowledge import KnowledgeBase, Passage  # noqa: E402
+from baton.knowledge import KnowledgeBase  # noqa: E402
+from baton.knowledge.base import Passage  # noqa: E402
 
 HERE = Path(__file__).resolve().parent / "retrieval"
 

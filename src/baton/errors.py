@@ -47,6 +47,8 @@ class BatonError(Exception):
 
 
 class UsageError(BatonError):
+    """Bad usage: a wrong argument, flag, URL or input (exit 2)."""
+
     exit_code = 2
 
 
@@ -67,6 +69,8 @@ class WorkflowError(UsageError):
 
 
 class ModelBehaviorError(BatonError):
+    """The model's output stayed unusable after the re-asks; ``raw_output`` and ``errors`` say why."""
+
     def __init__(self, message: str, *, raw_output: Any = None, errors: list[str] | None = None) -> None:
         super().__init__(message)
         self.raw_output = raw_output
@@ -77,7 +81,7 @@ class ModelBehaviorError(BatonError):
 
 
 class PlanError(ModelBehaviorError):
-    pass
+    """A planner's plan stayed invalid (unknown workers, dangling or cyclic dependencies) after re-plans."""
 
 
 class ModelRefused(ModelBehaviorError):
@@ -129,11 +133,15 @@ class BatchRequestFailed(ProviderError):
 
 
 class ProviderConnectionError(ProviderError):
+    """The provider could not be reached, or the connection broke mid-request (retryable)."""
+
     def __init__(self, message: str, *, provider: str = "anthropic") -> None:
         super().__init__(message, error_type="connection_error", retryable=True, provider=provider)
 
 
 class ProviderTimeout(ProviderError):
+    """The provider did not answer in time (retryable)."""
+
     def __init__(self, message: str, *, provider: str = "anthropic") -> None:
         super().__init__(message, error_type="timeout", retryable=True, provider=provider)
 
@@ -148,6 +156,8 @@ class ToolError(BatonError):
 
 
 class CircuitOpenError(BatonError):
+    """The breaker of ``target`` is open: the call was not made (fallbacks apply)."""
+
     def __init__(self, message: str, *, target: str) -> None:
         super().__init__(message)
         self.target = target
@@ -166,10 +176,12 @@ class StepFailed(BatonError):
 
 
 class LimitExceeded(BatonError):
-    pass
+    """A per-run limit stopped the work (budget, depth, turns, wall time)."""
 
 
 class BudgetExceeded(LimitExceeded):
+    """A budget (``limit``: USD, tokens, model calls) would be passed; the run stops resumable (exit 3)."""
+
     exit_code = 3
 
     def __init__(self, message: str, *, limit: str, spent: float, allowed: float) -> None:
@@ -178,24 +190,28 @@ class BudgetExceeded(LimitExceeded):
 
 
 class DepthExceeded(LimitExceeded):
+    """Delegation went deeper than ``max_depth``; ``chain`` is the path that did."""
+
     def __init__(self, message: str, *, chain: list[str]) -> None:
         super().__init__(message)
         self.chain = chain
 
 
 class MaxTurnsExceeded(LimitExceeded):
-    pass
+    """An agent used all of its ``max_turns`` without a final answer."""
 
 
 class RunTimeout(LimitExceeded):
-    pass
+    """The run passed its wall-time budget (``timeout_s``)."""
 
 
 class StoreError(BatonError):
-    pass
+    """A store could not be opened, read or written, or holds a record that does not decode."""
 
 
 class RunNotFound(StoreError, UsageError):
+    """No run with that id in the store (exit 2)."""
+
     exit_code = 2
 
 
@@ -206,6 +222,8 @@ class StoreKeyError(StoreError, UsageError):
 
 
 class RunOwnedElsewhere(BatonError):
+    """A live process owns the run (its lease holds): resume or cancel it with ``force`` (exit 2)."""
+
     exit_code = 2
 
 
@@ -233,6 +251,8 @@ class RunSuspended(BatonError):
 
 
 class ApprovalRequired(RunSuspended):
+    """The run waits for a human approval at ``step`` (exit 4; ``baton approve`` then resume)."""
+
     def __init__(self, message: str, *, step: str, request: Any = None) -> None:
         super().__init__(message)
         self.step = step
@@ -240,6 +260,8 @@ class ApprovalRequired(RunSuspended):
 
 
 class DecisionRequired(RunSuspended):
+    """The run waits for a decision at ``step`` (exit 4; ``baton.approve`` with a decision, then resume)."""
+
     def __init__(self, message: str, *, step: str) -> None:
         super().__init__(message)
         self.step = step
@@ -257,3 +279,12 @@ class BatchPending(RunSuspended):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "batch_id": self.batch_id}
+
+
+__all__ = [
+    "ApprovalRequired", "BatchPending", "BatchRequestFailed", "BatonError", "BudgetExceeded", "CircuitOpenError", "DecisionRequired", "DepthExceeded",
+    "LimitExceeded", "MaxTurnsExceeded", "ModelBehaviorError", "ModelRefused", "OutputTruncated", "PlanError",
+    "ProviderConnectionError", "ProviderError", "ProviderTimeout", "ReplayDivergence", "RunNotFound",
+    "RunOwnedElsewhere", "RunSuspended", "RunTimeout", "StepFailed", "StoreError", "StoreKeyError", "ToolError",
+    "ToolLoopDetected", "UsageError", "WorkflowError",
+]

@@ -5,13 +5,10 @@ pydantic and jsonschema are imported on first use, not at ``import baton``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-
-T = TypeVar("T")
 
 
 def is_pydantic_model(obj: Any) -> bool:
@@ -59,6 +56,22 @@ def validation_errors(value: Any, schema: dict[str, Any]) -> list[str]:
     return errors
 
 
+def resolve_ref(root: Any, ref: Any) -> Any:
+    """The node a local ``$ref`` ("#/$defs/Name", a JSON Pointer into ``root``) points at.
+
+    ``ValueError`` when ``ref`` is not a local reference, ``LookupError`` when it points nowhere.
+    """
+    if not isinstance(ref, str) or not ref.startswith("#/"):
+        raise ValueError(f"unsupported $ref {ref!r} (only '#/...' references)")
+    node = root
+    for segment in ref[2:].split("/"):
+        key = segment.replace("~1", "/").replace("~0", "~")
+        if not isinstance(node, dict) or key not in node:
+            raise LookupError(f"unresolvable $ref {ref!r}")
+        node = node[key]
+    return node
+
+
 def jsonable(value: Any) -> Any:
     """``value`` as plain JSON data (pydantic outputs dumped), for anything that is journaled."""
     if hasattr(value, "model_dump"):
@@ -68,23 +81,3 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     return value
-
-
-def settings_from_mapping(cls: type[T], d: Any, *, where: str, what: str) -> T:
-    """Build a settings dataclass from a YAML mapping; unknown keys and bad values raise
-    ``WorkflowError`` naming the field (``where.key``)."""
-    from dataclasses import fields
-
-    from baton.errors import WorkflowError
-
-    if not isinstance(d, Mapping):
-        raise WorkflowError(f"must be a mapping of {what}, got {type(d).__name__}", field=where)
-    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    for key in d:
-        if key not in known:
-            raise WorkflowError(f"unknown key {key!r}; expected one of {known}", field=f"{where}.{key}")
-    try:
-        return cls(**dict(d))
-    except WorkflowError as exc:
-        name = (exc.field or "").rpartition(".")[2]
-        raise WorkflowError(exc.problems[0]["message"], field=f"{where}.{name}") from None

@@ -3,10 +3,14 @@ check that runs when the dataclass is built and the JSON Schema fragment of the 
 key derive from that declaration.
 
     @dataclass(frozen=True, slots=True)
-    class RetryPolicy:
+    class RetryPolicy(Settings):
+        section: ClassVar[str] = "retry"
         max_attempts: int = setting(4, "integer", minimum=1)
-        def __post_init__(self) -> None:
-            check_settings(self, "retry")
+
+From the one declaration derive: the check when the dataclass is built (``__post_init__``),
+``from_dict`` (a mapping, e.g. the YAML ``retry:`` section: unknown keys and bad values
+raise ``WorkflowError`` naming ``section.key``), and the JSON Schema of the YAML section
+(``settings_schema``, which ``baton.spec.schema`` uses).
 
 Numbers are finite (NaN and infinities never pass), booleans are not numbers, and a
 field whose default is ``None`` may be ``None`` (the YAML key is then simply left out).
@@ -16,10 +20,12 @@ Only the standard library is imported here: this module is on the ``import baton
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 Kind = Literal["integer", "number", "boolean"]
+S = TypeVar("S", bound="Settings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,13 @@ def setting(default: Any, kind: Kind, *, minimum: float | None = None, exclusive
     return field(default=default, metadata={"setting": bound})
 
 
+def declared(cls: type[Any], name: str) -> Any:
+    """A dataclass field that is ``cls``'s setting ``name`` again (same default and bounds): for a
+    class whose settings are declared in a lighter one (the patterns' in ``patterns/_settings``)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return field(default=f.default, metadata=f.metadata)
+
+
 def bound_of(f: Field[Any]) -> Bound | None:
     bound = f.metadata.get("setting")
     return bound if isinstance(bound, Bound) else None
@@ -98,9 +111,53 @@ def check_settings(obj: Any, where: str) -> None:
             raise WorkflowError(f"must be {bound.describe()}, got {value!r}", field=f"{where}.{f.name}")
 
 
+def settings_from_mapping(cls: type[S], d: Any, *, where: str) -> S:
+    """Build settings from a mapping; unknown keys and bad values raise ``WorkflowError``
+    naming the field (``where.key``)."""
+    from baton.errors import WorkflowError
+
+    if not isinstance(d, Mapping):
+        raise WorkflowError(f"must be a mapping of {cls.what}, got {type(d).__name__}", field=where)
+    known = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    for key in d:
+        if key not in known:
+            raise WorkflowError(f"unknown key {key!r}; expected one of {known}", field=f"{where}.{key}")
+    try:
+        return cls(**dict(d))
+    except WorkflowError as exc:
+        name = (exc.field or "").rpartition(".")[2]
+        raise WorkflowError(exc.problems[0]["message"], field=f"{where}.{name}") from None
+
+
+class Settings:
+    """Base of a settings dataclass: its checks and its mapping constructor derive from the
+    fields' ``setting(...)`` declarations. Subclasses name their YAML ``section``."""
+
+    __slots__ = ()
+    section: ClassVar[str]
+    """The YAML key the settings live under (and the prefix of error fields)."""
+    what: ClassVar[str] = "settings"
+    """What a mapping of these settings is called in an error message."""
+
+    def __post_init__(self) -> None:
+        check_settings(self, self.section)
+
+    @classmethod
+    def from_dict(cls: type[S], d: Mapping[str, Any] | S | None, *, where: str | None = None) -> S:
+        """Build from a mapping (``None``: all defaults; an instance comes back as it is)."""
+        if isinstance(d, cls):
+            return d
+        return settings_from_mapping(cls, {} if d is None else d, where=where or cls.section)
+
+
+def settings_props(cls: type[Any]) -> dict[str, Any]:
+    """The JSON Schema of each declared setting of ``cls`` (a YAML mapping's ``properties``)."""
+    return {f.name: bound.json_schema() for f in fields(cls) if (bound := bound_of(f)) is not None}
+
+
 def settings_schema(cls: type[Any], *, min_properties: int | None = None) -> dict[str, Any]:
     """The JSON Schema of a YAML mapping of ``cls``'s settings (every declared field, no others)."""
-    props = {f.name: bound.json_schema() for f in fields(cls) if (bound := bound_of(f)) is not None}
+    props = settings_props(cls)
     out: dict[str, Any] = {"type": "object", "additionalProperties": False}
     if min_properties is not None:
         out["minProperties"] = min_properties

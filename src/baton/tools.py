@@ -108,6 +108,9 @@ class ToolContext:
 
 @dataclass(slots=True)
 class Tool:
+    """A function an agent may call: its name, description and input schema for the model,
+    and how calls run (timeout, idempotency, retries, result size). Build one with ``baton.tool``."""
+
     name: str
     description: str
     input_schema: dict[str, Any]

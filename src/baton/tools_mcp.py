@@ -343,3 +343,6 @@ class McpBinding:
             self._users = 0
             for server in self.used():
                 await server.close()
+
+
+__all__ = ["McpServer"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from baton.errors import BatonError, UsageError, WorkflowError
+from baton.stores import using_store
 
 EXIT_BY_STATUS = {"succeeded": 0, "failed": 1, "budget_exceeded": 3, "awaiting_approval": 4, "awaiting_batch": 4,
                   "interrupted": 130, "cancelled": 1}
@@ -291,22 +292,11 @@ async def _cmd_resume(args: argparse.Namespace) -> int:
     return _finish(result, args, sinks.tally)
 
 
-async def _open(args: argparse.Namespace) -> Any:
-    from baton.stores import open_store
-
-    store = open_store(args.store)
-    await store.open()
-    return store
-
-
 async def _cmd_runs(args: argparse.Namespace) -> int:
     from baton.cli.views import runs_text
 
-    store = await _open(args)
-    try:
+    async with using_store(args.store) as store:
         runs = await store.list_runs(args.limit)
-    finally:
-        await store.close()
     if args.json:
         _print_json([{k: v for k, v in r.to_dict().items() if k not in ("owner", "input", "output")} for r in runs])
     else:
@@ -319,13 +309,10 @@ async def _cmd_show(args: argparse.Namespace) -> int:
     from baton.masking import mask_in, mask_urls, printable
     from baton.observe.redact import redact, redact_text
 
-    store = await _open(args)
-    try:
+    async with using_store(args.store) as store:
         run = await store.get_run(args.run_id)
         steps = await store.load_steps(args.run_id)
         transitions = await store.transitions(args.run_id)
-    finally:
-        await store.close()
     run.error = mask_in(run.error)  # type: ignore[assignment]  # rows written before masking
     if args.json:
         _print_json(redact(show_json(run, steps, transitions)))
@@ -337,12 +324,9 @@ async def _cmd_show(args: argparse.Namespace) -> int:
 async def _cmd_stats(args: argparse.Namespace) -> int:
     from baton.cli.views import stats_json, stats_text
 
-    store = await _open(args)
-    try:
+    async with using_store(args.store) as store:
         runs = await store.list_runs(args.limit)
         steps = {r.run_id: await store.load_steps(r.run_id) for r in runs}
-    finally:
-        await store.close()
     stats = stats_json(runs, steps)
     if args.json:
         _print_json(stats)

@@ -13,14 +13,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from baton.knowledge.base import KnowledgeBase, Passage, RefreshStats, rrf
-    from baton.knowledge.chunking import Chunk, chunk_text
-    from baton.knowledge.embed import Embedder, MiniLMEmbedder
+    from baton.knowledge.base import KnowledgeBase
+    from baton.knowledge.embed import Embedder
 
-_WHERE = {"KnowledgeBase": "base", "Passage": "base", "RefreshStats": "base", "rrf": "base",
-          "Chunk": "chunking", "chunk_text": "chunking", "Embedder": "embed", "MiniLMEmbedder": "embed"}
+_WHERE = {"KnowledgeBase": "base", "Embedder": "embed"}
 
-__all__ = ["Chunk", "Embedder", "KnowledgeBase", "MiniLMEmbedder", "Passage", "RefreshStats", "chunk_text", "rrf"]
+__all__ = ["Embedder", "KnowledgeBase"]
 
 
 def __getattr__(name: str) -> Any:

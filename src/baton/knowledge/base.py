@@ -72,6 +72,9 @@ def rrf(*rankings: list[int], k: int = RRF_K) -> list[tuple[int, float]]:
 
 
 class KnowledgeBase:
+    """Documents (globs under ``base_dir``) chunked and indexed in a store, searched by BM25, dense
+    vectors or both; ``search_tool()`` gives an agent a tool that searches it."""
+
     def __init__(self, name: str, paths: str | list[str], *, base_dir: str = ".", store: str | None = None,
                  retrieval: str | None = None, embedder: str | Embedder | None = None, chunk_chars: int = 1200,
                  overlap_chars: int = 200, top_k: int = 5, description: str = "", auto_refresh: bool = True) -> None:

@@ -18,6 +18,8 @@ from baton.errors import UsageError
 
 
 class Embedder(Protocol):
+    """What a dense retrieval embedder provides: a name, a dimension, and texts to vectors."""
+
     name: str
     dim: int
 

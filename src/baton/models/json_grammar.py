@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from baton.errors import UsageError
+from baton.schema import resolve_ref
 
 JSON = dict[str, Any]
 
@@ -129,14 +130,10 @@ class _Compiler:
         seen = 0
         while "$ref" in schema:
             ref = schema["$ref"]
-            if not isinstance(ref, str) or not ref.startswith("#/"):
-                raise UsageError(f"unsupported $ref {ref!r} in output schema (only '#/...' references)")
-            target: Any = self.root
-            for segment in ref[2:].split("/"):
-                key = segment.replace("~1", "/").replace("~0", "~")
-                if not isinstance(target, dict) or key not in target:
-                    raise UsageError(f"unresolvable $ref {ref!r} in output schema")
-                target = target[key]
+            try:
+                target = resolve_ref(self.root, ref)
+            except (ValueError, LookupError) as exc:
+                raise UsageError(f"{exc} in output schema") from None
             siblings = {k: v for k, v in schema.items() if k != "$ref"}
             schema = {**target, **siblings} if isinstance(target, dict) else target
             seen += 1

@@ -10,28 +10,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from baton.observe.events import Event, EventStream, Sink
+from baton.observe.events import Event, EventStream
 
 if TYPE_CHECKING:
     from baton.observe.jsonl import JSONLSink, read_events
-    from baton.observe.metrics import MetricsServer, MetricsSink, serve_metrics
+    from baton.observe.metrics import MetricsSink, serve_metrics
     from baton.observe.otel import OTelSink, configure_tracing
     from baton.observe.otlp import otlp_span_exporter
     from baton.observe.progress import ProgressSink
-    from baton.observe.redact import Capture, apply_capture, register_env_secrets, register_secret
+    from baton.observe.redact import register_env_secrets, register_secret
 
 _LAZY = {
     "JSONLSink": "jsonl", "read_events": "jsonl",
-    "MetricsServer": "metrics", "MetricsSink": "metrics", "serve_metrics": "metrics",
+    "MetricsSink": "metrics", "serve_metrics": "metrics",
     "OTelSink": "otel", "configure_tracing": "otel",
     "otlp_span_exporter": "otlp",
     "ProgressSink": "progress",
-    "Capture": "redact", "apply_capture": "redact", "register_env_secrets": "redact", "register_secret": "redact",
+    "register_env_secrets": "redact", "register_secret": "redact",
 }
 
-__all__ = ["Capture", "Event", "EventStream", "JSONLSink", "MetricsServer", "MetricsSink", "OTelSink",
-           "ProgressSink", "Sink", "apply_capture", "configure_tracing", "otlp_span_exporter", "read_events",
-           "register_env_secrets", "register_secret", "serve_metrics"]
+__all__ = ["Event", "EventStream", "JSONLSink", "MetricsSink", "OTelSink", "ProgressSink", "configure_tracing",
+           "otlp_span_exporter", "read_events", "register_env_secrets", "register_secret", "serve_metrics"]
 
 
 def __getattr__(name: str) -> Any:

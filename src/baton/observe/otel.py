@@ -19,6 +19,8 @@ a span can be found from a log line. A ``ParentBased`` sampler (the default, or 
 ``ParentBased(TraceIdRatioBased(0.1))``) is asked once per trace, for its root span.
 Anything that needs the live SDK span (another sampler, a processor with an
 ``on_start``, attribute length limits) keeps the SDK path; the spans come out the same.
+So does an SDK whose private parts this path reads have moved (``otel_layout``: checked
+before the fast path is taken, with a warning when it is not).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from baton.errors import UsageError
 from baton.observe import events as ev
 from baton.observe.capture import defer, drain, sanitized, sanitized_text
 from baton.observe.events import Event
+from baton.observe.otel_layout import batch_problems, exporter_problems, layout_ok, sdk_problems
 from baton.observe.otlp import MAX_SPANS_PER_ITEM, encode_span_fields, is_fast_exporter
 from baton.observe.redact import Capture, check_capture
 
@@ -101,6 +104,18 @@ def _add_usage(attrs: dict[str, Any], usage: Any) -> None:
     attrs["gen_ai.usage.output_tokens"] = int(usage.get("output_tokens") or 0)
     attrs["gen_ai.usage.cache_read.input_tokens"] = int(read)
     attrs["gen_ai.usage.cache_creation.input_tokens"] = int(write)
+
+
+def _per_span(template: dict[str, Any], data: dict[str, Any], count: str, attr: str) -> dict[str, Any]:
+    """A copy of a cached attribute template plus what differs per span: the step key and one count."""
+    attrs = template.copy()
+    key = data.get("key")
+    if key is not None:
+        attrs["baton.step_key"] = str(key)
+    value = data.get(count)
+    if isinstance(value, int):
+        attrs[attr] = value
+    return attrs
 
 
 def _hex_id(text: str, hex_chars: int) -> int:
@@ -218,12 +233,15 @@ class _FastTracer:
         """Whether spans can be built without the SDK's live-span machinery and still come out the same."""
         try:
             from opentelemetry.sdk.trace import SpanProcessor, Tracer, TracerProvider
-            from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics
             from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
         except ImportError:  # an SDK older or newer than this code knows
             return False
-        if not isinstance(provider, TracerProvider) or type(tracer) is not Tracer or not tracer._is_enabled():
+        if not isinstance(provider, TracerProvider) or type(tracer) is not Tracer:
             return False
+        if not layout_ok(sdk_problems(provider, tracer), "span fast path") or not tracer._is_enabled():
+            return False
+        from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics  # checked just above
+
         if not isinstance(getattr(tracer, "_tracer_metrics", None), NoOpTracerMetrics):
             return False  # the SDK's own span metrics are on: they hook span start and end
         if _root_sampler(provider.sampler) is False:
@@ -304,7 +322,10 @@ class _DirectQueue:
             return None
         exporter: Any = getattr(processors[0], "span_exporter", None)
         emit = getattr(getattr(processors[0], "_batch_processor", None), "emit", None)
-        if not is_fast_exporter(exporter) or not callable(emit):
+        if not is_fast_exporter(exporter):
+            return None
+        if not layout_ok(batch_problems(processors[0]) + exporter_problems(exporter), "encoded span queue") \
+                or not callable(emit):
             return None
         group = (provider.resource, tracer._instrumentation_scope)
         if exporter.encoded_as is None:
@@ -535,14 +556,7 @@ class OTelSink:
             template = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": str(agent or "")}
             if isinstance(agent, str | None) and len(self._agent_templates) < _TEMPLATES_MAX:
                 self._agent_templates[agent] = template
-        attrs = template.copy()
-        key = data.get("key")
-        if key is not None:
-            attrs["baton.step_key"] = str(key)
-        depth = data.get("depth")
-        if isinstance(depth, int):
-            attrs["baton.depth"] = depth
-        return attrs
+        return _per_span(template, data, "depth", "baton.depth")
 
     def _agent_start(self, event: Event, data: dict[str, Any]) -> None:
         attrs = self._content(event.kind, data, self._agent_attrs(data))
@@ -577,14 +591,7 @@ class OTelSink:
                 template["gen_ai.request.max_tokens"] = max_tokens
             if all(isinstance(v, str | int | None) for v in key) and len(self._model_templates) < _TEMPLATES_MAX:
                 self._model_templates[key] = template
-        attrs = template.copy()
-        step_key = data.get("key")
-        if step_key is not None:
-            attrs["baton.step_key"] = str(step_key)
-        attempt = data.get("attempt")
-        if isinstance(attempt, int):
-            attrs["baton.attempt"] = attempt
-        return attrs
+        return _per_span(template, data, "attempt", "baton.attempt")
 
     def _model_request(self, event: Event, data: dict[str, Any]) -> None:
         attrs = self._content(event.kind, data, self._model_attrs(data))

@@ -208,26 +208,42 @@ def redact(value: Any) -> Any:
 
 
 def _redact_dict(d: dict[Any, Any]) -> dict[Any, Any]:
-    out: dict[Any, Any] | None = None
+    return _walk(d, strip=False, sizes=False)
+
+
+def _walk(d: dict[Any, Any], *, strip: bool, sizes: bool) -> dict[Any, Any]:
+    """The one dict walker of ``redact`` and ``apply_capture``: keys redacted, values under
+    credential-named keys masked whole, text redacted. ``strip``: content fields become
+    sizes (or go), nested dicts are stripped too, and the result is always a new dict;
+    otherwise the very same dict comes back when nothing changed."""
+    out: dict[Any, Any] | None = {} if strip else None
     key_cache, text_cache = _key_cache, _text_cache
     for k, v in d.items():
+        if strip and (k in CONTENT_KEYS or (not sizes and k in FREE_TEXT_KEYS and not isinstance(v, dict))):
+            if sizes and v is not None and out is not None:
+                chars_key, count_key = _size_keys.get(k) or _size_key_names(k)
+                out[chars_key] = content_size(v)
+                if isinstance(v, list):
+                    out[count_key] = len(v)
+            continue  # a free-text dict is stripped inside, below
         # Inlined fast paths: event dicts are mostly repeated keys, short names and numbers.
         info = key_cache.get(k) if type(k) is str else (False, k)
         if info is None:
             info = _key_info(k)
         sensitive, new_k = info
+        tv = type(v)
         if sensitive:
             new_v = v if v is None or v == "" else REDACTED
+        elif tv is str:
+            new_v = text_cache.get(v)
+            if new_v is None:
+                new_v = redact_text(v)
+        elif tv is int or tv is float or tv is bool or v is None:
+            new_v = v
+        elif strip and isinstance(v, dict):
+            new_v = _walk(v, strip=True, sizes=sizes)
         else:
-            tv = type(v)
-            if tv is str:
-                new_v = text_cache.get(v)
-                if new_v is None:
-                    new_v = redact_text(v)
-            elif tv is int or tv is float or tv is bool or v is None:
-                new_v = v
-            else:
-                new_v = redact(v)
+            new_v = redact(v)
         if out is None:
             if new_k is k and new_v is v:
                 continue
@@ -297,7 +313,7 @@ def apply_capture(data: dict[str, Any], mode: Capture) -> dict[str, Any]:
         return cast(dict[str, Any], redact(data))
     if mode not in CAPTURE_MODES:
         check_capture(mode)
-    return _strip_and_redact(data, mode == "metadata")
+    return _walk(data, strip=True, sizes=mode == "metadata")
 
 
 def _size_key_names(key: Any) -> tuple[Any, Any]:
@@ -305,39 +321,3 @@ def _size_key_names(key: Any) -> tuple[Any, Any]:
     if names is None:
         names = _size_keys[key] = (_key_info(f"{key}_chars")[1], _key_info(f"{key}_count")[1])
     return names
-
-
-def _strip_and_redact(d: dict[Any, Any], sizes: bool) -> dict[str, Any]:
-    """``redact`` of the stripped dict in one pass: content fields become sizes (or go),
-    nested dicts are stripped too, every other value is redacted as ``redact`` would."""
-    out: dict[Any, Any] = {}
-    key_cache, text_cache = _key_cache, _text_cache
-    for k, v in d.items():
-        if k in CONTENT_KEYS:
-            if sizes and v is not None:
-                chars_key, count_key = _size_keys.get(k) or _size_key_names(k)
-                out[chars_key] = content_size(v)
-                if isinstance(v, list):
-                    out[count_key] = len(v)
-            continue
-        if not sizes and k in FREE_TEXT_KEYS and not isinstance(v, dict):  # a dict is stripped inside
-            continue
-        info = key_cache.get(k) if type(k) is str else (False, k)
-        if info is None:
-            info = _key_info(k)
-        sensitive, new_k = info
-        tv = type(v)
-        if sensitive:
-            new_v = v if v is None or v == "" else REDACTED
-        elif tv is str:
-            new_v = text_cache.get(v)
-            if new_v is None:
-                new_v = redact_text(v)
-        elif tv is int or tv is float or tv is bool or v is None:
-            new_v = v
-        elif isinstance(v, dict):
-            new_v = _strip_and_redact(v, sizes)
-        else:
-            new_v = redact(v)
-        out[new_k] = new_v
-    return out

@@ -45,12 +45,16 @@ from baton.patterns._base import (
     own_scope,
     resolve_name,
 )
+from baton.patterns._settings import BusSettings
+from baton.settings import check_settings, declared
 
 START_SENDER = "user"
 
 
 @dataclass(frozen=True, slots=True)
 class BusMessage:
+    """One message on the bus: who sent it to whom, its type and payload, and what it answers."""
+
     task_id: str
     sender: str
     recipient: str
@@ -76,11 +80,14 @@ def message_id(parent: str | None, sender: str, index: int) -> str:
 
 @dataclass
 class Bus:
+    """Agents that react to messages: each subscribes to message types and publishes new ones,
+    until a message of a ``terminal`` type ends the run."""
+
     agents: Mapping[str, Target]
     subscriptions: Mapping[str, list[str]]
     start: Mapping[str, Any]
     terminal: list[str] = field(default_factory=list)
-    max_messages: int = 100
+    max_messages: int = declared(BusSettings, "max_messages")
     name: str = "bus"
 
     def __post_init__(self) -> None:
@@ -105,8 +112,7 @@ class Bus:
         to = self.start.get("to", "")
         if to and to not in self.agents:
             raise UsageError(f"{where}: start.to names unknown agent {to!r}; agents: {', '.join(self.agents)}")
-        if self.max_messages < 1:
-            raise UsageError(f"{where}: max_messages must be at least 1")
+        check_settings(self, "bus")
         types = [t for subs in self.subscriptions.values() for t in subs] + list(self.terminal)
         self._types = list(dict.fromkeys(types))
         if not to and self.start["type"] not in self._types:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from baton.agent import Agent
 from baton.context import RunContext
 from baton.patterns._base import output_of
+from baton.patterns._settings import CompressorSettings
+from baton.settings import check_settings, declared
 
 SUMMARIZER = Agent(
     "summarizer", model="claude-haiku-4-5", max_tokens=600, temperature=0, task_type="formatting",
@@ -21,9 +23,14 @@ SUMMARIZER = Agent(
 
 @dataclass
 class Compressor:
-    over_chars: int = 4000
+    """Summarises a text longer than ``over_chars`` with a cheap model before it is handed on."""
+
+    over_chars: int = declared(CompressorSettings, "over_chars")
     """Texts longer than this are summarised; shorter ones pass unchanged (no model call)."""
     summarizer: Agent = field(default_factory=lambda: SUMMARIZER)
+
+    def __post_init__(self) -> None:
+        check_settings(self, "compress_context")
 
     async def __call__(self, ctx: RunContext, text: str) -> str:
         if len(text) <= self.over_chars:

@@ -20,7 +20,9 @@ from baton.context import RunContext
 from baton.errors import StepFailed, UsageError
 from baton.observe import events as ev
 from baton.patterns._base import Target, as_text, invoke, is_fatal, output_of, target_name
+from baton.patterns._settings import ConsensusSettings
 from baton.schema import validation_errors
+from baton.settings import check_settings, declared
 
 RESULT_EVENT = ev.CONSENSUS_RESULT
 
@@ -51,16 +53,19 @@ VOTE_SCHEMA: dict[str, Any] = {
 
 @dataclass
 class Consensus:
+    """Several voters answer the same input; a judge agent picks the answer, or a vote does."""
+
     voters: list[Target]
     judge: Agent | None = None
     vote: Literal["majority", "weighted"] | None = None
     weights: dict[str, float] | None = None
-    shuffle: bool = True
+    shuffle: bool = declared(ConsensusSettings, "shuffle")
     name: str = "consensus"
     _voters: list[Target] = field(init=False, repr=False)
     _judge: Agent | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
+        check_settings(self, "consensus")
         if len(self.voters) < 2:
             raise UsageError(f"consensus {self.name!r} needs at least two voters")
         names = [target_name(v) for v in self.voters]

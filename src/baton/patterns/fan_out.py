@@ -40,9 +40,10 @@ from baton.patterns._base import (
     output_of,
     target_name,
 )
+from baton.patterns._settings import FanOutSettings
+from baton.settings import check_settings, declared
 
 SUMMARY_EVENT = ev.FAN_OUT_DONE
-DEFAULT_MAX_ITEMS = 100
 
 
 def parse_policy(policy: str) -> tuple[str, int]:
@@ -70,15 +71,18 @@ def is_list_function(fn: Any) -> bool:
 
 @dataclass
 class FanOut:
+    """The same input to several agents (``agents``), or one call per item of the input (``each``),
+    concurrently; an optional aggregator combines the results, the ``policy`` says how failures count."""
+
     agents: list[Target] | None = None
     each: Target | None = None
     over: Literal["lines", "json"] = "lines"
     aggregator: Target | Callable[[list[Any]], Any] | None = None
     policy: str = "all"
     name: str = "fan_out"
-    max_items: int = DEFAULT_MAX_ITEMS
+    max_items: int = declared(FanOutSettings, "max_items")
     """The most items an ``each`` fan-out calls its target with; more fails the step."""
-    batch: bool = False
+    batch: bool = declared(FanOutSettings, "batch")
     """Send the branches' model calls (agent targets) through the Message Batches API: they go
     out together as one batch at half price (``baton.runtime.batch``)."""
 
@@ -90,8 +94,7 @@ class FanOut:
             raise UsageError(f"fan-out {self.name!r}: agents is empty")
         if self.over not in ("lines", "json"):
             raise UsageError(f"fan-out {self.name!r}: over must be 'lines' or 'json', not {self.over!r}")
-        if not isinstance(self.max_items, int) or isinstance(self.max_items, bool) or self.max_items < 1:
-            raise UsageError(f"fan-out {self.name!r}: max_items must be an integer >= 1, not {self.max_items!r}")
+        check_settings(self, "fan_out")
         self._kind, self._quorum = parse_policy(self.policy)
         if self.batch:
             self.agents = None if self.agents is None else [_batched(a) for a in self.agents]

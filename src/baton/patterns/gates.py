@@ -38,6 +38,8 @@ VERDICT_SCHEMA: dict[str, Any] = {
 
 @dataclass(slots=True)
 class Verdict:
+    """A gate's judgement of an output: valid or not, and why."""
+
     valid: bool
     reasons: list[str] = field(default_factory=list)
 

@@ -23,6 +23,8 @@ from baton.context import RunContext
 from baton.errors import DepthExceeded, StepFailed, UsageError
 from baton.messages import Message, ToolResultBlock, ToolUseBlock
 from baton.patterns._base import as_text, own_scope, safe_label
+from baton.patterns._settings import HandoffsSettings
+from baton.settings import check_settings, declared
 from baton.tools import Tool
 
 TRANSFER_SCHEMA: dict[str, Any] = {
@@ -60,9 +62,12 @@ def _transfer_tool(peer: str, description: str) -> Tool:
 
 @dataclass
 class Handoffs:
+    """Agents that hand the conversation to each other (a transfer tool each), starting with ``start``."""
+
     agents: Mapping[str, Agent]
     start: str
-    max_handoffs: int = 5
+    max_handoffs: int = declared(HandoffsSettings, "max_handoffs")
+    """Transfers allowed in one run of the pattern (0: the start agent answers alone)."""
     name: str = "handoffs"
     _tools: dict[str, list[Tool]] = field(init=False, repr=False)
 
@@ -72,8 +77,7 @@ class Handoffs:
             raise UsageError(f"{where} needs at least two agents")
         if self.start not in self.agents:
             raise UsageError(f"{where}: start agent {self.start!r} is not one of {', '.join(self.agents)}")
-        if self.max_handoffs < 0:
-            raise UsageError(f"{where}: max_handoffs must be >= 0")
+        check_settings(self, "handoffs")
         names = [transfer_tool_name(p) for p in self.agents]
         if len(set(names)) != len(names):
             raise UsageError(f"{where}: agent names map to clashing tool names {names}; rename the agents")

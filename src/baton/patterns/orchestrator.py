@@ -30,8 +30,10 @@ from baton.patterns._base import (
     resolve_name,
     target_name,
 )
+from baton.patterns._settings import OrchestratorSettings
 from baton.patterns.compress import Compressor
 from baton.runtime.scheduler import find_cycle, run_dag
+from baton.settings import check_settings, declared
 
 MAX_SHOWN_ERRORS = 10
 """Plan problems quoted to the planner and in a PlanError; the rest are counted."""
@@ -213,24 +215,28 @@ def _canonical(plan: Mapping[str, Any], workers: list[str]) -> dict[str, Any]:
 
 @dataclass
 class Orchestrator:
+    """A planner splits the task into subtasks with dependencies (validated, re-planned or
+    repaired), workers run them as a DAG, and an optional synthesizer writes the answer."""
+
     planner: Agent
     workers: Mapping[str, Target]
     synthesizer: Agent | None = None
-    max_subtasks: int = 10
-    max_replans: int = 2
-    concurrency: int | None = None
+    max_subtasks: int = declared(OrchestratorSettings, "max_subtasks")
+    max_replans: int = declared(OrchestratorSettings, "max_replans")
+    concurrency: int | None = declared(OrchestratorSettings, "concurrency")
     """Subtasks in flight at once (None: the run's concurrency limit)."""
     name: str = "orchestrator"
-    repair_plan: bool = False
+    repair_plan: bool = declared(OrchestratorSettings, "repair_plan")
     """After the last re-plan, repair a still-invalid plan deterministically instead of failing."""
     compress: Compressor | None = None
     """Summarise long dependency outputs with a cheap model before handing them on."""
-    min_subtasks: int = 1
+    min_subtasks: int = declared(OrchestratorSettings, "min_subtasks")
     """Fewest subtasks a plan may have (in the plan's schema: Claude sees it, a grammar enforces it)."""
     _planner: Agent = field(init=False, repr=False)
     _grammar_planner: Agent = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        check_settings(self, "orchestrator")
         if isinstance(self.workers, list):
             self.workers = {target_name(w): w for w in self.workers}
         check_distinct_names(self.workers, f"orchestrator {self.name!r}", "workers")

@@ -23,6 +23,8 @@ from baton.patterns.gates import Gate
 
 @dataclass
 class Stage:
+    """A pipeline stage with options: a gate that checks its output, and a name for its step keys."""
+
     target: Target
     gate: Gate | None = None
     name: str | None = None
@@ -34,6 +36,8 @@ class Stage:
 
 @dataclass
 class Pipeline:
+    """Stages in order, each one's output the next one's input."""
+
     stages: list[Target | Stage]
     name: str = "pipeline"
 

@@ -22,7 +22,9 @@ from baton.context import RunContext
 from baton.errors import StepFailed, UsageError
 from baton.observe import events as ev
 from baton.patterns._base import CallFailed, Target, as_text, invoke, labelled, target_name
+from baton.patterns._settings import RefineSettings
 from baton.schema import validation_errors
+from baton.settings import check_settings, declared
 
 ROUND_EVENT = ev.REFINE_ROUND
 
@@ -39,20 +41,21 @@ CRITIQUE_SCHEMA: dict[str, Any] = {
 
 @dataclass
 class Refine:
+    """Draft, critique and revise: critics review the draft until they approve it or ``max_rounds`` ends."""
+
     drafter: Target
     critics: list[Target]
-    max_rounds: int = 3
+    max_rounds: int = declared(RefineSettings, "max_rounds")
     reviser: Target | None = None
     name: str = "refine"
-    require_approval: bool = False
+    require_approval: bool = declared(RefineSettings, "require_approval")
     """Fail (``StepFailed``) instead of returning a draft the critics did not approve."""
     _critics: list[Target] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.critics:
             raise UsageError(f"refine {self.name!r} needs at least one critic")
-        if not isinstance(self.max_rounds, int) or isinstance(self.max_rounds, bool) or self.max_rounds < 1:
-            raise UsageError(f"refine {self.name!r}: max_rounds must be an integer >= 1, not {self.max_rounds!r}")
+        check_settings(self, "refine")
         names = [target_name(c) for c in self.critics]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

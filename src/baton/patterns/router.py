@@ -44,6 +44,8 @@ ROUTE_SCHEMA: dict[str, Any] = {
 
 @dataclass
 class Router:
+    """A classifier agent picks one route for the input; ``fallback`` takes what matches none."""
+
     classifier: Agent
     routes: Mapping[str, Target]
     fallback: Target | None = None

@@ -27,11 +27,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from baton.errors import CircuitOpenError, ProviderError, ToolError
-from baton.schema import settings_from_mapping
-from baton.settings import check_settings, setting
+from baton.settings import Settings, setting
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +38,12 @@ State = Literal["closed", "open", "half_open"]
 OnChange = Callable[[str, str, str], None]
 
 @dataclass(frozen=True, slots=True)
-class BreakerSettings:
-    """A breaker's settings, declared once: ``_check_settings`` and the YAML schema's
-    ``$defs/breaker`` derive from these fields."""
+class BreakerSettings(Settings):
+    """A breaker's settings (the YAML ``breaker:`` section), declared once: the checks, the
+    defaults of ``CircuitBreaker`` and the YAML schema's ``$defs/breaker`` derive from these fields."""
+
+    section: ClassVar[str] = "breaker"
+    what: ClassVar[str] = "circuit-breaker settings"
 
     failure_threshold: int = setting(5, "integer", minimum=1)
     """Failures in the window that may open the breaker."""
@@ -53,14 +55,6 @@ class BreakerSettings:
     """Share of the window's calls that must have failed as well."""
     window_s: float = setting(60.0, "number", minimum=0)
     """How far back failures and calls are counted."""
-
-    def __post_init__(self) -> None:
-        check_settings(self, "breaker")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "breaker") -> BreakerSettings:
-        """Build from the YAML ``breaker:`` mapping; unknown keys and bad values raise ``WorkflowError``."""
-        return settings_from_mapping(cls, d, where=where, what="circuit-breaker settings")
 
 
 SETTINGS = tuple(f.name for f in fields(BreakerSettings))
@@ -89,18 +83,16 @@ def _check_settings(settings: Mapping[str, Any], where: str) -> dict[str, Any]:
 class CircuitBreaker:
     """The health state of one call target."""
 
-    def __init__(self, name: str, *, failure_threshold: int = 5, cooldown_s: float = 30.0,
-                 half_open_max_calls: int = 1, failure_rate: float = 0.5, window_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, on_change: OnChange | None = None) -> None:
-        settings = _check_settings({"failure_threshold": failure_threshold, "cooldown_s": cooldown_s,
-                                    "half_open_max_calls": half_open_max_calls, "failure_rate": failure_rate,
-                                    "window_s": window_s}, f"breaker {name}")
+    def __init__(self, name: str, *, clock: Callable[[], float] = time.monotonic,
+                 on_change: OnChange | None = None, **settings: Any) -> None:
+        """``settings``: any of ``BreakerSettings``' fields (their defaults otherwise)."""
+        checked = BreakerSettings.from_dict(settings, where=f"breaker {name}")
         self.name = name
-        self.failure_threshold: int = settings["failure_threshold"]
-        self.cooldown_s: float = float(settings["cooldown_s"])
-        self.half_open_max_calls: int = settings["half_open_max_calls"]
-        self.failure_rate: float = float(settings["failure_rate"])
-        self.window_s: float = float(settings["window_s"])
+        self.failure_threshold: int = checked.failure_threshold
+        self.cooldown_s: float = float(checked.cooldown_s)
+        self.half_open_max_calls: int = checked.half_open_max_calls
+        self.failure_rate: float = float(checked.failure_rate)
+        self.window_s: float = float(checked.window_s)
         self._started: deque[float] = deque()  # start times of calls allowed in the window
         self._failed: deque[float] = deque()  # times of failures in the window
         self._clock = clock

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from baton.errors import BudgetExceeded
 from baton.messages import Usage
 from baton.models.pricing import price_for
-from baton.schema import settings_from_mapping
-from baton.settings import check_settings, setting
+from baton.settings import Settings, setting
 
 
 @dataclass(slots=True)
-class Limits:
+class Limits(Settings):
     """Per-run limits. Each field declares its bounds once (``baton.settings``): building a
     ``Limits`` checks them (NaN, infinities and negatives never pass) and the YAML schema's
     ``limits`` derives from them."""
+
+    section: ClassVar[str] = "limits"
+    what: ClassVar[str] = "limits"
 
     budget_usd: float | None = setting(None, "number", minimum=0)
     budget_tokens: int | None = setting(None, "integer", minimum=1)
@@ -36,13 +38,6 @@ class Limits:
     max_depth: int = setting(5, "integer", minimum=1)
     concurrency: int = setting(16, "integer", minimum=1)
     """Model calls in flight at once, across the whole run."""
-
-    def __post_init__(self) -> None:
-        check_settings(self, "limits")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None, *, where: str = "limits") -> Limits:
-        return settings_from_mapping(cls, d or {}, where=where, what="limits")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

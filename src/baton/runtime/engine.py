@@ -60,6 +60,9 @@ def shared_governor() -> RateGovernor:
 
 @dataclass(slots=True)
 class RunResult:
+    """The outcome of a run: status (``succeeded``, ``failed``, ``budget_exceeded``, ...), output,
+    usage, cost and model calls; ``error`` and ``warnings`` when there is something to say."""
+
     run_id: str
     status: str
     output: Any = None

@@ -17,7 +17,8 @@ from baton.observe.events import new_id
 from baton.runtime.budget import Limits
 from baton.runtime.ids import check_run_id
 from baton.runtime.workflows import SHA_KEY, workflow_ref
-from baton.stores.base import RunRecord, StepRecord, Store
+from baton.stores import using_store
+from baton.stores.base import RunRecord, StepRecord
 
 if TYPE_CHECKING:
     from baton.runtime.engine import Engine, RunResult, Workflow
@@ -102,8 +103,7 @@ async def fork(engine: Engine, run_id: str, at: str, *, edit: Any = None, workfl
     """Make and execute the fork of ``run_id`` at step ``at`` (see the module doc)."""
     check_run_id(run_id)
     fork_id = check_run_id(new_run_id, source="run_id") if new_run_id is not None else new_id(8)
-    store = await engine._store()
-    try:
+    async with using_store(engine.store) as store:
         parent = await store.get_run(run_id)
         steps = await store.load_steps(run_id)
         kept = [_copied(s, fork_id) for s in steps_before(steps, at)]
@@ -119,9 +119,6 @@ async def fork(engine: Engine, run_id: str, at: str, *, edit: Any = None, workfl
             await store.put_steps(kept)
         limits = Limits.from_dict(record.limits)
         return await engine._execute(store, record, chosen, limits, force=False)
-    finally:
-        if not isinstance(engine.store, Store):
-            await store.close()
 
 
 def _fork_record(parent: RunRecord, fork_id: str, at: str, *, edited: bool) -> RunRecord:

@@ -31,12 +31,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from baton.errors import UsageError
 from baton.models.base import model_class
-from baton.schema import settings_from_mapping
-from baton.settings import check_settings, setting
+from baton.settings import Settings, setting
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +55,11 @@ OnWait = Callable[[str, float, str], None]
 
 
 @dataclass(frozen=True, slots=True)
-class RateLimits:
+class RateLimits(Settings):
     """Per-minute limits of one model (or model class); ``None`` = not limited."""
+
+    section: ClassVar[str] = "rate_limits"
+    what: ClassVar[str] = "rpm/itpm/otpm limits"
 
     rpm: float | None = setting(None, "number", exclusive_minimum=0)
     """Requests per minute."""
@@ -67,16 +69,6 @@ class RateLimits:
     """Output tokens per minute."""
     burst_s: float | None = setting(None, "number", exclusive_minimum=0)
     """Bucket capacity in seconds of traffic; ``None`` = the governor's default (1 s)."""
-
-    def __post_init__(self) -> None:
-        check_settings(self, "rate_limits")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "rate_limits") -> RateLimits:
-        """Build from a YAML mapping (``rpm``, ``itpm``, ``otpm``, ``burst_s``); unknown keys raise."""
-        if isinstance(d, RateLimits):
-            return d
-        return settings_from_mapping(cls, d, where=where, what="rpm/itpm/otpm limits")
 
     def per_minute(self, dimension: str) -> float | None:
         value: float | None = getattr(self, dimension)

@@ -38,12 +38,28 @@ from baton.runtime.ratelimit import (
 
 logger = logging.getLogger(__name__)
 
+# Every script starts with the server's clock; the bucket scripts share how a bucket refills
+# since it was last written, and how it is written back (expiring once it would be full again).
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+_BUCKETS = _NOW + """
+local function refilled(key, rate, cap)
+  local h = redis.call('HMGET', key, 'level', 'ts')
+  if not h[1] then return cap end
+  return math.min(cap, tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * rate)
+end
+local function store(key, level, rate, cap)
+  redis.call('HSET', key, 'level', string.format('%.6f', level), 'ts', string.format('%.6f', now))
+  redis.call('PEXPIRE', key, string.format('%d', math.ceil(((cap - level) / rate + 1) * 1000)))
+end
+"""
+
 # KEYS[1] = penalty key of the model class, KEYS[2..] = bucket hashes.
 # ARGV = rate/s, capacity, amount per bucket, then eps, then reserve ("1"/"0"). Returns "0" when
 # taken now, "R<secs>" when reserved for that many seconds from now, else the wait in seconds.
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_ACQUIRE = _BUCKETS + """
 local wait = 0
 local held = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 local penalized = held > now
@@ -52,11 +68,7 @@ local levels = {}
 for i = 2, #KEYS do
   local j = (i - 2) * 3
   local rate, cap, amt = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-  local h = redis.call('HMGET', KEYS[i], 'level', 'ts')
-  local level = cap
-  if h[1] then
-    level = math.min(cap, tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * rate)
-  end
+  local level = refilled(KEYS[i], rate, cap)
   levels[i] = level
   if amt > 0 then
     local need = math.min(amt, cap)
@@ -68,9 +80,7 @@ if wait > tonumber(ARGV[#ARGV - 1]) and not reserve then return string.format('%
 for i = 2, #KEYS do
   local j = (i - 2) * 3
   local rate, cap, amt = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-  local level = levels[i] - amt
-  redis.call('HSET', KEYS[i], 'level', string.format('%.6f', level), 'ts', string.format('%.6f', now))
-  redis.call('PEXPIRE', KEYS[i], string.format('%d', math.ceil(((cap - level) / rate + 1) * 1000)))
+  store(KEYS[i], levels[i] - amt, rate, cap)
 end
 if wait > tonumber(ARGV[#ARGV - 1]) then return string.format('R%.6f', wait) end
 return '0'
@@ -78,28 +88,19 @@ return '0'
 
 # KEYS = bucket hashes; ARGV[1] = 'add' (settle/refund, capped at capacity) or 'lower'
 # (server headers: never raise); then rate/s, capacity, value per bucket.
-_ADJUST = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_ADJUST = _BUCKETS + """
 for i = 1, #KEYS do
   local j = 1 + (i - 1) * 3
   local rate, cap, v = tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-  local h = redis.call('HMGET', KEYS[i], 'level', 'ts')
-  local level = cap
-  if h[1] then
-    level = math.min(cap, tonumber(h[1]) + math.max(0, now - tonumber(h[2])) * rate)
-  end
+  local level = refilled(KEYS[i], rate, cap)
   if ARGV[1] == 'add' then level = math.min(cap, level + v) else level = math.min(level, v) end
-  redis.call('HSET', KEYS[i], 'level', string.format('%.6f', level), 'ts', string.format('%.6f', now))
-  redis.call('PEXPIRE', KEYS[i], string.format('%d', math.ceil(((cap - level) / rate + 1) * 1000)))
+  store(KEYS[i], level, rate, cap)
 end
 return 1
 """
 
 # KEYS[1] = penalty key; ARGV[1] = seconds. Extends (never shortens) the hold on the class.
-_PENALIZE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+_PENALIZE = _NOW + """
 local secs = tonumber(ARGV[1])
 local held = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if now + secs > held then

@@ -12,13 +12,11 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 from baton.errors import ProviderError, ProviderTimeout, ToolError
-from baton.schema import settings_from_mapping
-from baton.settings import check_settings, setting
+from baton.settings import Settings, setting
 
 _RNG = random.Random()
 
@@ -44,8 +42,11 @@ def is_retryable(error: BaseException, *, retry_timeouts: bool = True, retry_too
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How many attempts a call gets and the backoff between them."""
+class RetryPolicy(Settings):
+    """How many attempts a call gets and the backoff between them (the YAML ``retry:`` section)."""
+
+    section: ClassVar[str] = "retry"
+    what: ClassVar[str] = "retry settings"
 
     max_attempts: int = setting(4, "integer", minimum=1)
     """Total attempts including the first; 1 disables retries."""
@@ -60,14 +61,6 @@ class RetryPolicy:
     hold on the model class both wait at most this long."""
     retry_timeouts: bool = setting(True, "boolean")
     """Retry calls that got no answer in time."""
-
-    def __post_init__(self) -> None:
-        check_settings(self, "retry")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, where: str = "retry") -> RetryPolicy:
-        """Build from the YAML ``retry:`` mapping; unknown keys and bad values raise ``WorkflowError``."""
-        return settings_from_mapping(cls, d, where=where, what="retry settings")
 
     def backoff_bound(self, attempt: int) -> float:
         """The jitter range ``[0, bound]`` after ``attempt`` attempts: ``min(max, initial * mult**(attempt-1))``."""

@@ -9,40 +9,35 @@ makespan within Graham's bound of the optimum.
 from __future__ import annotations
 
 import asyncio
+import graphlib
 import heapq
+import itertools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+def _sorter(deps: Mapping[str, Sequence[str]]) -> graphlib.TopologicalSorter[str]:
+    """The graph, dependencies on unknown ids left out (plan validation reports those)."""
+    return graphlib.TopologicalSorter({n: [d for d in ds if d in deps] for n, ds in deps.items()})
+
+
 def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
-    """A dependency cycle as a list of ids (first == last), or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for dep in deps.get(node, ()):
-            if dep not in deps:
-                continue
-            if state.get(dep) == 1:
-                return [*stack[stack.index(dep):], dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in deps:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
+    """A dependency cycle as a list of ids, each depending on the next (first == last), or None."""
+    try:
+        _sorter(deps).prepare()
+    except graphlib.CycleError as exc:
+        return list(reversed(exc.args[1]))  # graphlib lists each node before what depends on it
     return None
+
+
+def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str]:
+    """Every node after all of its dependencies; ``ValueError`` naming a cycle."""
+    try:
+        return list(_sorter(deps).static_order())
+    except graphlib.CycleError:
+        raise ValueError(f"dependency graph has a cycle: {find_cycle(deps)}") from None
 
 
 def critical_paths(deps: Mapping[str, Sequence[str]], cost: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -52,31 +47,10 @@ def critical_paths(deps: Mapping[str, Sequence[str]], cost: Mapping[str, float] 
         for d in ds:
             dependants[d].append(node)
     memo: dict[str, float] = {}
-    order = topological_order(deps)
-    for node in reversed(order):
+    for node in reversed(topological_order(deps)):
         own = cost.get(node, 1.0) if cost else 1.0
         memo[node] = own + max((memo[c] for c in dependants[node]), default=0.0)
     return memo
-
-
-def topological_order(deps: Mapping[str, Sequence[str]]) -> list[str]:
-    indegree = {n: len(ds) for n, ds in deps.items()}
-    dependants: dict[str, list[str]] = {n: [] for n in deps}
-    for node, ds in deps.items():
-        for d in ds:
-            dependants[d].append(node)
-    ready = [n for n, k in indegree.items() if k == 0]
-    order: list[str] = []
-    while ready:
-        node = ready.pop()
-        order.append(node)
-        for c in dependants[node]:
-            indegree[c] -= 1
-            if indegree[c] == 0:
-                ready.append(c)
-    if len(order) != len(deps):
-        raise ValueError(f"dependency graph has a cycle: {find_cycle(deps)}")
-    return order
 
 
 async def run_dag(deps: Mapping[str, Sequence[str]], run: Callable[[str], Awaitable[T]], *,
@@ -88,18 +62,17 @@ async def run_dag(deps: Mapping[str, Sequence[str]], run: Callable[[str], Awaita
     nodes are cancelled and the error propagates: a partial graph never passes silently.
     """
     priority = critical_paths(deps, cost)
-    remaining = {n: len(ds) for n, ds in deps.items()}
-    dependants: dict[str, list[str]] = {n: [] for n in deps}
-    for node, ds in deps.items():
-        for d in ds:
-            dependants[d].append(node)
+    sorter = _sorter(deps)
+    sorter.prepare()
     # Heap of (-critical path, insertion order, node): longest remaining path first.
     ready: list[tuple[float, int, str]] = []
-    seq = 0
-    for node, k in remaining.items():
-        if k == 0:
-            heapq.heappush(ready, (-priority[node], seq, node))
-            seq += 1
+    seq = itertools.count()
+
+    def push_ready() -> None:
+        for node in sorter.get_ready():
+            heapq.heappush(ready, (-priority[node], next(seq), node))
+
+    push_ready()
     limit = concurrency if concurrency and concurrency > 0 else len(deps) or 1
     running: dict[asyncio.Task[T], str] = {}
     results: dict[str, T] = {}
@@ -114,11 +87,8 @@ async def run_dag(deps: Mapping[str, Sequence[str]], run: Callable[[str], Awaita
             for task in done:
                 node = running.pop(task)
                 results[node] = task.result()  # re-raises a node's failure
-                for child in dependants[node]:
-                    remaining[child] -= 1
-                    if remaining[child] == 0:
-                        heapq.heappush(ready, (-priority[child], seq, child))
-                        seq += 1
+                sorter.done(node)
+            push_ready()
     except BaseException:
         for task in running:
             task.cancel()

@@ -19,6 +19,7 @@ from starlette.responses import Response, StreamingResponse
 
 from baton.errors import BatonError, UsageError
 from baton.observe.redact import Capture
+from baton.schema import resolve_ref
 from baton.server.config import TenantLimits, webhook_secret, webhook_tenant
 from baton.server.http import AccessLog, ApiError, BodyLimit, error_response
 from baton.server.models import ERRORS, RETRIED, Accepted, Decision, RunIn
@@ -75,13 +76,13 @@ def _checked(reg: Registered, value: Any) -> None:
 def _schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON Schema with its ``$defs`` inlined (it is placed inside the document)."""
     schema = model.model_json_schema()
-    defs = schema.pop("$defs", {})
+    defs = {"$defs": schema.pop("$defs", {})}
 
     def inline(node: Any) -> Any:
         if isinstance(node, dict):
             ref = node.get("$ref")
             if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return inline(defs[ref.rsplit("/", 1)[1]])
+                return inline(resolve_ref(defs, ref))
             return {k: inline(v) for k, v in node.items()}
         if isinstance(node, list):
             return [inline(v) for v in node]

@@ -21,12 +21,10 @@ from baton.errors import BatonError, UsageError, WorkflowError
 from baton.runtime.budget import Limits
 from baton.spec.loader import MAX_FILE_BYTES, Located, Path, decode_text, dotted, load_yaml
 from baton.spec.schema import SCHEMA
-from baton.tools import DEFAULT_MAX_RESULT_CHARS, Tool, tool
+from baton.tools import Tool, tool
 
 Problems = list[dict[str, Any]]
 
-DEFAULT_MAX_ITEMS = 100
-"""A fan-out's item cap when the file sets none (as ``FanOut.max_items``)."""
 DEFAULT_MAX_MODEL_CALLS = 1000
 """A workflow file's ceiling on model calls per run when ``limits.max_model_calls`` is not set."""
 
@@ -96,6 +94,12 @@ def _schema_problems(doc: Located) -> Problems:
     return problems
 
 
+def _given(section: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """The keys the file sets: what it leaves out takes the Python default, which is stated
+    once, on the pattern or tool itself."""
+    return {k: section[k] for k in keys if k in section}
+
+
 def import_callable(spec: str) -> Any:
     """The object ``module:attr`` names. Any failure while importing the module (its own
     exceptions, a syntax error, even ``sys.exit``) is reported as an ImportError."""
@@ -154,10 +158,8 @@ class _Builder:
                 self.tools[name] = fn
                 continue
             try:
-                self.tools[name] = tool(fn, name=name, description=cfg.get("description"),
-                                        timeout_s=cfg.get("timeout_s", 60.0), idempotent=cfg.get("idempotent", True),
-                                        retryable=cfg.get("retryable", False),
-                                        max_result_chars=cfg.get("max_result_chars", DEFAULT_MAX_RESULT_CHARS))
+                self.tools[name] = tool(fn, name=name, **_given(cfg, "description", "timeout_s", "idempotent",
+                                                                 "retryable", "max_result_chars"))
             except Exception as exc:
                 self.problem(("tools", name, "python"), f"cannot build a tool from {cfg['python']!r}: {exc}")
 
@@ -325,11 +327,9 @@ class _Builder:
             agent = self.agent(cc["agent"], (*p, "compress_context", "agent")) if "agent" in cc else SUMMARIZER
             if agent is None:
                 return None
-            compress = Compressor(cc.get("over_chars", 4000), agent)
-        return Orchestrator(planner, workers, synth, max_subtasks=w.get("max_subtasks", 10), compress=compress,
-                            max_replans=w.get("max_replans", 2), concurrency=w.get("concurrency"),
-                            name=self.data["name"], repair_plan=w.get("repair_plan", False),
-                            min_subtasks=w.get("min_subtasks", 1))
+            compress = Compressor(summarizer=agent, **_given(cc, "over_chars"))
+        return Orchestrator(planner, workers, synth, compress=compress, name=self.data["name"],
+                            **_given(w, "max_subtasks", "max_replans", "concurrency", "repair_plan", "min_subtasks"))
 
     def _p_fan_out(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.fan_out import FanOut
@@ -340,12 +340,10 @@ class _Builder:
         agg = self.agent(w["aggregator"], (*p, "aggregator")) if w.get("aggregator") else None
         if "agents" in w:
             agents = [self.ref(a, (*p, "agents", i)) for i, a in enumerate(w["agents"])]
-            return FanOut(agents=agents, aggregator=agg, policy=w.get("policy", "all"), name=self.data["name"],
-                          batch=w.get("batch", False))
+            return FanOut(agents=agents, aggregator=agg, name=self.data["name"], **_given(w, "policy", "batch"))
         each = self.ref(w["each"]["agent"], (*p, "each", "agent"))
-        return FanOut(each=each, over=w["each"].get("over", "lines"), aggregator=agg,
-                      policy=w.get("policy", "all"), name=self.data["name"],
-                      max_items=w.get("max_items", DEFAULT_MAX_ITEMS), batch=w.get("batch", False))
+        return FanOut(each=each, aggregator=agg, name=self.data["name"], **_given(w["each"], "over"),
+                      **_given(w, "policy", "max_items", "batch"))
 
     def _p_router(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.router import Router
@@ -366,8 +364,7 @@ class _Builder:
             if name not in [v if isinstance(v, str) else None for v in w["voters"]]:
                 self.problem((*p, "weights", name), f"weight for {name!r}, which is not a voter")
         judge = self.agent(w["judge"], (*p, "judge")) if "judge" in w else None
-        return Consensus(voters, judge=judge, vote=w.get("vote"), weights=w.get("weights"),
-                         shuffle=w.get("shuffle", True), name=self.data["name"])
+        return Consensus(voters, judge=judge, name=self.data["name"], **_given(w, "vote", "weights", "shuffle"))
 
     def _p_refine(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.refine import Refine
@@ -377,8 +374,8 @@ class _Builder:
         reviser = self.agent(w["reviser"], (*p, "reviser")) if "reviser" in w else None
         if drafter is None or any(c is None for c in critics):
             return None
-        return Refine(drafter, [c for c in critics if c is not None], max_rounds=w.get("max_rounds", 3), reviser=reviser, name=self.data["name"],
-                      require_approval=w.get("require_approval", False))
+        return Refine(drafter, [c for c in critics if c is not None], reviser=reviser, name=self.data["name"],
+                      **_given(w, "max_rounds", "require_approval"))
 
     def _p_bus(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.bus import Bus
@@ -392,8 +389,8 @@ class _Builder:
             self.problem((*p, "start", "type"), f"no agent subscribes to the start type {start['type']!r}")
         if any(a is None for a in agents.values()):
             return None
-        return Bus({k: a for k, a in agents.items() if a is not None}, w["subscriptions"], start=start, terminal=w.get("terminal", []),
-                   max_messages=w.get("max_messages", 100), name=self.data["name"])
+        return Bus({k: a for k, a in agents.items() if a is not None}, w["subscriptions"], start=start,
+                   name=self.data["name"], **_given(w, "terminal", "max_messages"))
 
     def _p_handoffs(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.handoff import Handoffs
@@ -403,7 +400,8 @@ class _Builder:
             self.problem((*p, "start"), f"start agent {w['start']!r} is not in agents")
         if any(a is None for a in agents.values()):
             return None
-        return Handoffs({k: a for k, a in agents.items() if a is not None}, w["start"], max_handoffs=w.get("max_handoffs", 5), name=self.data["name"])
+        return Handoffs({k: a for k, a in agents.items() if a is not None}, w["start"], name=self.data["name"],
+                        **_given(w, "max_handoffs"))
 
     def _p_fallback(self, w: dict[str, Any], p: Path) -> Any:
         from baton.patterns.gates import FallbackChain

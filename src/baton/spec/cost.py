@@ -9,12 +9,18 @@ output plus an assumed input size. The run's own limits (``max_model_calls``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from baton.agent import Agent
 from baton.models.pricing import price_for
-from baton.spec.build import DEFAULT_MAX_ITEMS
+from baton.patterns._settings import (
+    BusSettings,
+    FanOutSettings,
+    HandoffsSettings,
+    OrchestratorSettings,
+    RefineSettings,
+)
 
 DEFAULT_INPUT_TOKENS = 8000
 
@@ -87,6 +93,13 @@ def _total(bounds: Iterable[Bound]) -> Bound:
     return total
 
 
+def _setting(spec: dict[str, Any], pattern: type[Any], name: str) -> Any:
+    """The file's value, else the pattern's own default (declared once, in ``patterns/_settings``)."""
+    if name in spec:
+        return spec[name]
+    return next(f.default for f in fields(pattern) if f.name == name)
+
+
 def _pattern_bound(spec: dict[str, Any], ref: Callable[[Any], Bound], agent: Callable[[str | None], Bound]) -> Bound:
     """The worst case of one pattern: ``ref`` bounds an agent or nested workflow, ``agent`` a named agent."""
     kind = spec["pattern"]
@@ -101,14 +114,14 @@ def _pattern_bound(spec: dict[str, Any], ref: Callable[[Any], Bound], agent: Cal
 
         return _total(stage(s) for s in spec["stages"])
     if kind == "orchestrator":
-        return (agent(spec["planner"]).times(spec.get("max_replans", 2) + 1)
-                + Bound.worst([ref(w) for w in spec["workers"]]).times(spec.get("max_subtasks", 10))
+        return (agent(spec["planner"]).times(_setting(spec, OrchestratorSettings, "max_replans") + 1)
+                + Bound.worst([ref(w) for w in spec["workers"]]).times(_setting(spec, OrchestratorSettings, "max_subtasks"))
                 + agent(spec.get("synthesizer")))
     if kind == "fan_out":
         if "agents" in spec:
             branches = _total(ref(a) for a in spec["agents"])
         else:  # items are capped (max_items), so the bound is absolute
-            branches = ref(spec["each"]["agent"]).times(spec.get("max_items", DEFAULT_MAX_ITEMS))
+            branches = ref(spec["each"]["agent"]).times(_setting(spec, FanOutSettings, "max_items"))
         return branches + agent(spec.get("aggregator"))
     if kind == "router":
         routes = [ref(r) for r in spec["routes"].values()]
@@ -120,11 +133,11 @@ def _pattern_bound(spec: dict[str, Any], ref: Callable[[Any], Bound], agent: Cal
     if kind == "refine":
         critics = _total(agent(c) for c in spec["critics"])
         return agent(spec["drafter"]) + (critics + agent(spec.get("reviser") or spec["drafter"])).times(
-            spec.get("max_rounds", 3))
+            _setting(spec, RefineSettings, "max_rounds"))
     if kind == "bus":
-        return Bound.worst([agent(n) for n in spec["subscriptions"]]).times(spec.get("max_messages", 100))
+        return Bound.worst([agent(n) for n in spec["subscriptions"]]).times(_setting(spec, BusSettings, "max_messages"))
     if kind == "handoffs":
-        return Bound.worst([agent(n) for n in spec["agents"]]).times(spec.get("max_handoffs", 5) + 1)
+        return Bound.worst([agent(n) for n in spec["agents"]]).times(_setting(spec, HandoffsSettings, "max_handoffs") + 1)
     if kind == "fallback":
         return _total(ref(t) + agent(spec.get("gate")) for t in spec["chain"])
     return Bound()

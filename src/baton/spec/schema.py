@@ -9,17 +9,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from baton.patterns._settings import (
+    BusSettings,
+    CompressorSettings,
+    ConsensusSettings,
+    FanOutSettings,
+    HandoffsSettings,
+    OrchestratorSettings,
+    RefineSettings,
+)
 from baton.runtime.breaker import BreakerSettings
 from baton.runtime.budget import Limits
 from baton.runtime.ratelimit import RateLimits
 from baton.runtime.retry import RetryPolicy
-from baton.settings import settings_schema
+from baton.settings import settings_props, settings_schema
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
 POS_INT = {"type": "integer", "minimum": 1}
 POS_NUM = {"type": "number", "exclusiveMinimum": 0}
 
-# Settings are declared once, on their dataclasses (``baton.settings``); these derive from them.
+# Settings are declared once, on their dataclasses (``baton.settings``); these derive from them,
+# as do the patterns' settings below.
 RETRY = settings_schema(RetryPolicy)
 LIMITS = settings_schema(Limits)
 RATE_LIMIT = settings_schema(RateLimits, min_properties=1)
@@ -132,18 +142,15 @@ PATTERNS = [
     ]}}}, ["stages"]),
     _pattern("orchestrator", {"planner": NAME, "workers": {"type": "array", "minItems": 1,
                                                            "items": {"$ref": "#/$defs/ref"}},
-                              "synthesizer": NAME, "max_subtasks": POS_INT, "min_subtasks": POS_INT,
-                              "max_replans": {"type": "integer", "minimum": 0}, "concurrency": POS_INT,
-                              "repair_plan": {"type": "boolean"},
+                              "synthesizer": NAME, **settings_props(OrchestratorSettings),
                               "compress_context": {"type": "object", "additionalProperties": False,
-                                                   "properties": {"over_chars": POS_INT, "agent": NAME}}},
+                                                   "properties": {**settings_props(CompressorSettings), "agent": NAME}}},
              ["planner", "workers"]),
     _pattern("fan_out", {"agents": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}},
                          "each": {"type": "object", "additionalProperties": False, "required": ["agent"],
                                   "properties": {"agent": {"$ref": "#/$defs/ref"},
                                                  "over": {"enum": ["lines", "json"]}}},
-                         "aggregator": NAME, "max_items": POS_INT,
-                         "batch": {"type": "boolean", "description": "the branches go out as one Message Batch"},
+                         "aggregator": NAME, **settings_props(FanOutSettings),
                          "policy": {"type": "string", "pattern": "^(all|best_effort|quorum:[1-9][0-9]*)$"}},
              []),
     _pattern("router", {"classifier": NAME, "routes": {"type": "object", "minProperties": 1,
@@ -152,18 +159,18 @@ PATTERNS = [
     _pattern("consensus", {"voters": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}},
                            "judge": NAME, "vote": {"enum": ["majority", "weighted"]},
                            "weights": {"type": "object", "additionalProperties": {"type": "number", "minimum": 0}},
-                           "shuffle": {"type": "boolean"}}, ["voters"]),
+                           **settings_props(ConsensusSettings)}, ["voters"]),
     _pattern("refine", {"drafter": NAME, "critics": {"type": "array", "minItems": 1, "items": NAME},
-                        "reviser": NAME, "max_rounds": POS_INT, "require_approval": {"type": "boolean"}},
+                        "reviser": NAME, **settings_props(RefineSettings)},
              ["drafter", "critics"]),
     _pattern("bus", {"subscriptions": {"type": "object", "minProperties": 1,
                                        "additionalProperties": {"type": "array", "items": {"type": "string"}}},
                      "start": {"type": "object", "required": ["type"], "additionalProperties": False,
                                "properties": {"type": {"type": "string"}, "to": NAME, "payload": {}}},
                      "terminal": {"type": "array", "items": {"type": "string"}},
-                     "max_messages": POS_INT}, ["subscriptions", "start"]),
+                     **settings_props(BusSettings)}, ["subscriptions", "start"]),
     _pattern("handoffs", {"agents": {"type": "array", "minItems": 1, "items": NAME}, "start": NAME,
-                          "max_handoffs": POS_INT}, ["agents", "start"]),
+                          **settings_props(HandoffsSettings)}, ["agents", "start"]),
     _pattern("fallback", {"chain": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/ref"}},
                           "gate": NAME}, ["chain"]),
 ]

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 from baton.errors import UsageError
-from baton.stores.base import Owner, RunRecord, StepRecord, Store, Transition
+from baton.stores.base import RunRecord, StepRecord, Store
 
 DEFAULT_STORE_URL = "sqlite:///.baton/baton.db"
 
@@ -45,5 +47,19 @@ def open_store(url: str | None = None) -> Store:
     )
 
 
-__all__ = ["DEFAULT_STORE_URL", "Owner", "RunRecord", "StepRecord", "Store", "Transition", "open_store",
-           "store_url_from_env"]
+@contextlib.asynccontextmanager
+async def using_store(store: Store | str | None) -> AsyncIterator[Store]:
+    """An open store for the length of a block. A ``Store`` object is opened (opening is
+    idempotent) and left open for whoever owns it; a URL (``None``: ``BATON_STORE`` or the
+    default) is opened here and closed when the block ends, however it ends."""
+    owned = store is None or isinstance(store, str)
+    opened = open_store(store) if store is None or isinstance(store, str) else store
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        if owned:
+            await opened.close()
+
+
+__all__ = ["RunRecord", "StepRecord", "Store", "open_store"]

@@ -13,7 +13,7 @@ sealed here when ``BATON_STORE_KEY`` is set (``_seal``), so every backend encryp
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -21,6 +21,8 @@ import orjson
 from baton.errors import StoreError
 from baton.stores import _seal
 from baton.stores.base import Owner, RunRecord, StepRecord, Transition
+
+R = TypeVar("R", RunRecord, StepRecord)
 
 _RUN_CONTENT = ("input", "output", "error")
 _STEP_CONTENT = ("result", "error")
@@ -101,9 +103,7 @@ def decode_run(data: str | bytes | None, owner: str | bytes | None, *, run_id: s
                listing: bool = False) -> RunRecord:
     """``listing``: a run whose content is sealed and no key is set is listed without it."""
     what = run_what(run_id, where)
-    body = decode(data, what=what)
-    if not isinstance(body, dict):
-        raise StoreError(f"corrupt {what}: expected a JSON object, found {type(body).__name__}")
+    body = _decode_object(data, what)
     for name in _RUN_CONTENT:
         value = body.get(name)
         if type(value) is dict and _seal.MARK in value:
@@ -111,10 +111,7 @@ def decode_run(data: str | bytes | None, owner: str | bytes | None, *, run_id: s
                 _seal.unseal(value, what=f"the {name} of run {run_id!r} in {where}")
     if owner is not None:
         body["owner"] = decode(owner, what=what)
-    try:
-        return RunRecord.from_dict(body)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StoreError(f"corrupt {what}: not a run record ({type(exc).__name__}: {exc})") from exc
+    return _record(RunRecord, body, what)
 
 
 def encode_step(step: StepRecord, where: str) -> str:
@@ -135,17 +132,28 @@ def encode_step(step: StepRecord, where: str) -> str:
 
 def decode_step(data: str | bytes | None, *, run_id: str, key: str, where: str) -> StepRecord:
     what = step_what(run_id, key, where)
-    body = decode(data, what=what)
-    if not isinstance(body, dict):
-        raise StoreError(f"corrupt {what}: expected a JSON object, found {type(body).__name__}")
+    body = _decode_object(data, what)
     for name in _STEP_CONTENT:
         value = body.get(name)
         if type(value) is dict and _seal.MARK in value:
             body[name] = _seal.unseal(value, what=what)
+    return _record(StepRecord, body, what)
+
+
+def _decode_object(data: str | bytes | None, what: str) -> dict[str, Any]:
+    body = decode(data, what=what)
+    if not isinstance(body, dict):
+        raise StoreError(f"corrupt {what}: expected a JSON object, found {type(body).__name__}")
+    return body
+
+
+def _record(cls: type[R], body: dict[str, Any], what: str) -> R:
+    """``cls.from_dict(body)``; a body that is not such a record is a ``StoreError`` naming it."""
     try:
-        return StepRecord.from_dict(body)
+        return cls.from_dict(body)
     except (KeyError, TypeError, ValueError) as exc:
-        raise StoreError(f"corrupt {what}: not a step record ({type(exc).__name__}: {exc})") from exc
+        kind = "run" if cls is RunRecord else "step"
+        raise StoreError(f"corrupt {what}: not a {kind} record ({type(exc).__name__}: {exc})") from exc
 
 
 def decode_detail(data: str | bytes | None, *, run_id: str, where: str) -> dict[str, Any]:

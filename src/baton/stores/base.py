@@ -55,6 +55,8 @@ class Owner:
 
 @dataclass(slots=True)
 class RunRecord:
+    """A run as the store keeps it: its workflow, input, status, limits, owner and outcome."""
+
     run_id: str
     workflow: str
     """How to find the workflow again on resume: ``yaml:PATH`` or ``py:module:function``."""

@@ -81,6 +81,8 @@ def message_text(body: JSON) -> str:
 
 
 class FakeOpenAIServer:
+    """A fake OpenAI-compatible ``/v1/chat/completions`` server on a real socket, answering by ``Rule``s."""
+
     def __init__(self, rules: list[Rule] | None = None, *, host: str = "127.0.0.1", model: str | None = None) -> None:
         self.rules: list[Rule] = list(rules or [])
         self.requests: list[RecordedRequest] = []
@@ -199,3 +201,6 @@ def _error_type(status: int) -> str:
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {"error": {"message": message, "type": kind, "code": None}}
     return web.json_response(body, status=status, headers={"x-request-id": f"req_fake_{status}", **(headers or {})})
+
+
+__all__ = ["FakeOpenAIServer", "Rule"]

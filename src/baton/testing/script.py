@@ -37,6 +37,7 @@ from baton.messages import (
     ToolSpec,
     ToolUseBlock,
 )
+from baton.schema import resolve_ref
 
 JSON = dict[str, Any]
 
@@ -199,10 +200,12 @@ class Reply:
 
 
 def text(value: str, *, stop_reason: str | None = None, thinking: str | None = None) -> Reply:
+    """A reply with this text (and optionally thinking)."""
     return Reply("text", text=value, stop_reason=stop_reason, thinking=thinking)
 
 
 def tool_call(name: str, input: JSON, *, text: str = "", stop_reason: str | None = None) -> Reply:  # noqa: A002
+    """A reply that calls tool ``name`` with ``input``."""
     return Reply("tool_calls", text=text, calls=((name, dict(input)),), stop_reason=stop_reason)
 
 
@@ -435,11 +438,10 @@ _FORMAT_EXAMPLES = {
 
 
 def _resolve_ref(ref: str, root: JSON) -> JSON:
-    if not ref.startswith("#/"):
+    try:
+        node = resolve_ref(root, ref)
+    except (ValueError, LookupError):
         return {}
-    node: Any = root
-    for part in ref[2:].split("/"):
-        node = node.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(node, dict) else {}
     return node if isinstance(node, dict) else {}
 
 
