@@ -6,7 +6,7 @@ import sys
 import baton
 
 EXPECTED = [
-    "Agent", "AgentResult", "BatonError", "Decision", "Handoff", "Limits", "RunContext", "RunResult", "Tool",
+    "Agent", "AgentResult", "BatonError", "Decision", "HandoffNote", "Limits", "RunContext", "RunResult", "Tool",
     "ToolContext", "__version__", "approve", "fork", "register_workflow", "replay", "resume", "run", "run_sync", "stream",
     "stream_resume", "tool",
 ]

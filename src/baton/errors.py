@@ -28,6 +28,11 @@
         ├── ApprovalRequired       awaiting a human decision (exit 4)
         └── DecisionRequired       a non-idempotent tool was in flight at a crash (exit 4)
 
+Two internal signals live here too, outside the tree on purpose (plain ``Exception``s, so an
+``except BatonError`` never swallows them): ``ToolInterrupted`` (a tool raised
+``KeyboardInterrupt``; the runtime stops the run as interrupted) and ``CallFailed`` (one of a
+pattern's concurrent calls failed; the pattern that started it always catches it).
+
 Foreign exceptions (aiohttp, psycopg, redis, llama.cpp) are mapped to these at the
 boundary and chained with ``from``. Constructors have no side effects.
 """
@@ -236,3 +241,23 @@ class DecisionRequired(RunSuspended):
     def __init__(self, message: str, *, step: str) -> None:
         super().__init__(message)
         self.step = step
+
+
+class ToolInterrupted(Exception):
+    """A tool raised ``KeyboardInterrupt``: the run stops as ``interrupted`` (resumable).
+
+    An ordinary exception on purpose: a ``KeyboardInterrupt`` raised inside an asyncio task
+    escapes the event loop itself and leaves the run recorded as ``running``.
+    """
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"tool {tool!r} raised KeyboardInterrupt; the run stopped (resume it with baton resume)")
+        self.tool = tool
+
+
+class CallFailed(Exception):
+    """One of several concurrent calls of a pattern failed; ``label`` says which, ``error`` how."""
+
+    def __init__(self, label: str, error: Exception) -> None:
+        super().__init__(label)
+        self.label, self.error = label, error

@@ -1,5 +1,5 @@
 """Model adapters. Heavy ones (local llama.cpp) are imported lazily by ``resolve``."""
 
-from baton.models.base import Model, model_class
+from baton.models.base import Model, model_family
 
-__all__ = ["Model", "model_class"]
+__all__ = ["Model", "model_family"]

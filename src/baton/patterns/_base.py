@@ -14,13 +14,14 @@ from baton.agent import Agent
 from baton.context import RunContext
 from baton.errors import (
     BudgetExceeded,
+    CallFailed,
     DepthExceeded,
     RunOwnedElsewhere,
     RunSuspended,
     StoreError,
     UsageError,
 )
-from baton.schema import jsonable
+from baton.json_schema import jsonable
 
 __all__ = ["CallFailed", "Target", "as_text", "check_distinct_names", "describe", "invoke", "is_fatal", "jsonable",
            "labelled", "name_key", "output_of", "own_scope", "resolve_name", "safe_label", "target_name"]
@@ -126,14 +127,6 @@ def describe(target: Target) -> str:
     """A target's description, for prompts that list choices."""
     desc = target.description if isinstance(target, Agent) else getattr(target, "description", "")
     return str(desc or "")
-
-
-class CallFailed(Exception):
-    """One of several concurrent calls failed; ``label`` says which."""
-
-    def __init__(self, label: str, error: Exception) -> None:
-        super().__init__(label)
-        self.label, self.error = label, error
 
 
 async def labelled(label: str, call: Awaitable[Any]) -> Any:

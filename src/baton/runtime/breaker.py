@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from baton.errors import CircuitOpenError, ProviderError, ToolError
-from baton.schema import settings_from_mapping
+from baton.json_schema import settings_from_mapping
 from baton.settings import check_settings, setting
 
 logger = logging.getLogger(__name__)

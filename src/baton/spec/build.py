@@ -188,7 +188,7 @@ class _Builder:
             retry = merged.pop("retry", None)
             try:
                 if "output" in merged:
-                    from baton.schema import check_schema
+                    from baton.json_schema import check_schema
 
                     bad = check_schema(merged["output"])
                     if bad:
