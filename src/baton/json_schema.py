@@ -6,10 +6,13 @@ pydantic and jsonschema are imported on first use, not at ``import baton``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from functools import lru_cache
 from typing import Any, TypeVar
 
 import orjson
+
+from baton.errors import WorkflowError
 
 T = TypeVar("T")
 
@@ -73,9 +76,6 @@ def jsonable(value: Any) -> Any:
 def settings_from_mapping(cls: type[T], d: Any, *, where: str, what: str) -> T:
     """Build a settings dataclass from a YAML mapping; unknown keys and bad values raise
     ``WorkflowError`` naming the field (``where.key``)."""
-    from dataclasses import fields
-
-    from baton.errors import WorkflowError
 
     if not isinstance(d, Mapping):
         raise WorkflowError(f"must be a mapping of {what}, got {type(d).__name__}", field=where)

@@ -10,12 +10,13 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from baton.agent import Agent
+from baton.agent import Agent, AgentResult, render_input
 from baton.context import RunContext
 from baton.errors import (
     BudgetExceeded,
     CallFailed,
     DepthExceeded,
+    ReplayDivergence,
     RunOwnedElsewhere,
     RunSuspended,
     StoreError,
@@ -37,8 +38,6 @@ def target_name(target: Target) -> str:
 
 def output_of(value: Any) -> Any:
     """Plain output of an AgentResult or a nested workflow's result."""
-    from baton.agent import AgentResult
-
     return value.output if isinstance(value, AgentResult) else value
 
 
@@ -57,8 +56,6 @@ async def _agent(call: Awaitable[Any]) -> Any:
 
 
 def as_text(value: Any) -> str:
-    from baton.agent import render_input
-
     return render_input(value)
 
 
@@ -72,8 +69,6 @@ def is_fatal(exc: BaseException) -> bool:
     Budgets, depth, approvals, store trouble, replay divergence and cancellation are
     never swallowed by a fallback, a best-effort fan-out or a pipeline's wrapping.
     """
-    from baton.errors import ReplayDivergence
-
     return not isinstance(exc, Exception) or isinstance(exc, (*_FATAL, ReplayDivergence))
 
 

@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from baton.errors import BatonError, UsageError
-from baton.server.config import TenantLimits, webhook_secret, webhook_tenant
+from baton.server.config import ServeConfig, webhook_secret, webhook_tenant
 from baton.server.http import AccessLog, ApiError, BodyLimit, error_response
 from baton.server.models import ERRORS, RETRIED, Accepted, Decision, RunIn
 from baton.server.registry import InputInvalid, Registered, check_input
@@ -27,21 +26,6 @@ from baton.server.views import run_view, summary_view
 
 log = logging.getLogger("baton.server")
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass
-class ServeConfig:
-    store_url: str | None
-    workflows_dir: str
-    keys: dict[str, str]
-    max_runs: int = 8
-    tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)
-    queue_url: str | None = None
-    provider: str | None = None
-    max_body_bytes: int = 1_000_000
-    sweep_s: float = 15.0
-    webhook_window_s: float = 300.0
-    access_log: bool = True
 
 
 def _tenant(request: Request, svc: Service) -> str:

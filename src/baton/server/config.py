@@ -8,7 +8,7 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +102,20 @@ def webhook_secret(workflow: str) -> bytes | None:
 def webhook_tenant(workflow: str) -> str:
     """The tenant a webhook's runs belong to: ``BATON_WEBHOOK_TENANT_<NAME>``, else ``webhooks``."""
     return os.environ.get(f"BATON_WEBHOOK_TENANT_{_env_name(workflow)}") or "webhooks"
+
+
+@dataclass
+class ServeConfig:
+    """What ``baton serve`` was started with."""
+
+    store_url: str | None
+    workflows_dir: str
+    keys: dict[str, str]
+    max_runs: int = 8
+    tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)
+    queue_url: str | None = None
+    provider: str | None = None
+    max_body_bytes: int = 1_000_000
+    sweep_s: float = 15.0
+    webhook_window_s: float = 300.0
+    access_log: bool = True
