@@ -268,3 +268,37 @@ def test_the_reader_sees_type_checking_and_function_level_imports() -> None:
     assert ("baton.runtime.ratelimit", "type-checking") in wheres
     assert ("baton.runtime.ratelimit", "function") in wheres
     assert ("baton.errors", "top") in wheres
+
+
+# --- one error tree ------------------------------------------------------------------------------
+
+LOCAL_EXCEPTIONS = {
+    # Exceptions that never reach a caller of baton, kept beside the code that raises and catches them.
+    "baton.agent._Reask": "the tool-use loop's own signal: a turn's output is re-asked",
+    "baton.tools._Escaped": "carries a tool's SystemExit/KeyboardInterrupt out of its thread",
+    "baton.server.http.ApiError": "an HTTP error response under construction (the service's boundary)",
+    "baton.server.http._TooLarge": "a request body over the limit, answered 413",
+    "baton.server.registry.InputInvalid": "an input that breaks a workflow's schema, answered 422",
+    "baton.server.queue.Unusable": "a queue message that cannot become a run: its dead-letter reason",
+}
+
+
+def exception_classes() -> list[str]:
+    """Every class in src/baton (outside errors.py) that derives from an exception class."""
+    errors_tree = {n.name for n in ast.parse((SRC / "baton" / "errors.py").read_text()).body
+                   if isinstance(n, ast.ClassDef)}
+    found = []
+    for module, path in MODULES.items():
+        if module == "baton.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                bases = {ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases}
+                if bases & (errors_tree | {"Exception", "BaseException"}) or any(
+                        b.endswith(("Error", "Exception")) for b in bases):
+                    found.append(f"{module}.{node.name}")
+    return found
+
+
+def test_every_error_class_is_in_errors_py() -> None:
+    assert sorted(set(exception_classes()) - set(LOCAL_EXCEPTIONS)) == []

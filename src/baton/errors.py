@@ -24,6 +24,7 @@
     │   └── StoreKeyError          encrypted content and no key, or the wrong one (also a UsageError)
     ├── RunOwnedElsewhere          another live process owns the run (use --force)
     ├── ReplayDivergence           the workflow asked for another step than the journal recorded
+    ├── Conflict                   the service refused: the run's state does not allow it (HTTP 409)
     └── RunSuspended               control flow, not failure: the run stops resumably
         ├── ApprovalRequired       awaiting a human decision (exit 4)
         └── DecisionRequired       a non-idempotent tool was in flight at a crash (exit 4)
@@ -222,6 +223,11 @@ class ReplayDivergence(BatonError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "step": self.step, "differs": self.differs}
+
+
+class Conflict(BatonError):
+    """The service refused: the run is not in a state that allows this (cancel a finished run,
+    approve a step not waiting, reuse a run id with another input). HTTP 409."""
 
 
 class RunSuspended(BatonError):

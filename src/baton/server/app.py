@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from baton.errors import BatonError, UsageError
+from baton.errors import BatonError, Conflict, UsageError
 from baton.server.config import ServeConfig, webhook_secret, webhook_tenant
 from baton.server.http import AccessLog, ApiError, BodyLimit, error_response
 from baton.server.models import ERRORS, RETRIED, Accepted, Decision, RunIn
@@ -122,7 +122,6 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(BatonError)
     async def baton_error(request: Request, exc: BatonError) -> Response:
         from baton.observe.redact import redact_text
-        from baton.server.runs import Conflict
 
         if isinstance(exc, Conflict):
             return error_response(409, "conflict", str(exc))

@@ -21,10 +21,10 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from baton.errors import BatonError, UsageError
+from baton.errors import BatonError, Conflict, UsageError
 from baton.server.metrics import ServerMetrics
 from baton.server.registry import InputInvalid, Registered, check_input
-from baton.server.runs import Conflict, RunManager
+from baton.server.runs import RunManager
 
 
 class IntakeService(Protocol):
