@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from baton.context import RunContext
 from baton.errors import BudgetExceeded, CircuitOpenError, ProviderError, ToolError
 from baton.messages import Message, ModelRequest, ModelResponse
 from baton.observe.events import Event, EventStream
 from baton.runtime.breaker import BreakerRegistry
 from baton.runtime.budget import BudgetTracker, Limits
+from baton.runtime.engine import Engine
 from baton.runtime.layers import (
     AttemptLayer,
     BreakerLayer,
@@ -26,7 +28,9 @@ from baton.runtime.layers import (
 from baton.runtime.model_calls import ModelCalls
 from baton.runtime.ratelimit import RateGovernor
 from baton.runtime.retry import RetryPolicy, retrying
+from baton.runtime.runtime import Runtime
 from baton.runtime.services import ModelBinding, RunServices
+from baton.stores.memory import MemoryStore
 from baton.testing import Rule, ScriptedModel, text
 
 MODEL = "claude-haiku-4-5"
@@ -252,3 +256,26 @@ async def test_a_request_cancelled_on_the_wire_abandons_its_layers_when_it_fails
     await calls.settle_in_flight()  # the adopted request failed: its layers are abandoned then
     assert log == ["enter 1", "abandoned"]
     assert run.budget.model_calls == 0
+
+
+# --- the engine is given the context type it calls workflows with -----------------------------------
+
+
+async def test_the_engine_calls_the_workflow_with_the_context_it_is_given() -> None:
+    class Audited(RunContext):
+        pass
+
+    made: list[Runtime] = []
+
+    def scope(runtime: Runtime, input: Any) -> Audited:
+        made.append(runtime)
+        return Audited(runtime, input=input)
+
+    async def workflow(ctx: Any, input: Any) -> str:
+        return f"{type(ctx).__name__}:{input}"
+
+    model = ScriptedModel([Rule(reply=text("x"))])
+    result = await Engine(store=MemoryStore(), model=model, scope=scope).run(workflow, "in")
+    assert result.output == "Audited:in" and len(made) == 1
+    default = await Engine(store=MemoryStore(), model=model).run(workflow, "in")
+    assert default.output == "RunContext:in"

@@ -332,11 +332,11 @@ class RunContext:
 
     # --- the shared blackboard ---------------------------------------------------------
 
-    def _board(self) -> Any:
-        journal = self._runtime.journal
-        if journal is None:
+    def _board(self) -> Store:
+        store = self.store
+        if store is None:
             raise UsageError("the shared blackboard needs a store (this run keeps no journal)")
-        return journal.store
+        return store
 
     async def share(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         """Publish ``value`` under ``key`` on this run's blackboard in the store (Redis: across processes).
