@@ -37,7 +37,11 @@ LAYERS: list[tuple[str, list[str], bool]] = [
 
 DEFERRED: dict[str, str] = {
     # Imported inside functions on purpose: what each defers, and why.
+    "baton.masking": "error messages only: an error path loads it, `import baton` does not",
+    "baton.memory": "long-term memory loads on the first ctx.memory(), not on `import baton`",
+    "baton.models.resolve": "provider resolution: only for a run given no model",
     "baton.runtime.ratelimit": "the rate governor (~8 ms) loads on a run's first call, not on `import baton`",
+    "baton.runtime.tool_calls": "the tool call path loads on a run's first tool call, not on `import baton`",
     "baton.runtime.cache": "the result cache loads only for runs that use one",
     "baton.runtime.ratelimit_redis": "cross-process rate limits need redis: only when configured",
     "baton.runtime.fork": "`baton fork` / `baton.fork` only",

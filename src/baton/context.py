@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,7 +36,6 @@ from baton.errors import (
     StoreError,
     UsageError,
 )
-from baton.memory import RunMemory
 from baton.messages import ModelRequest, ModelResponse, ToolResultBlock, ToolUseBlock, Usage
 from baton.models.base import Model
 from baton.observe import events as ev
@@ -47,6 +46,9 @@ from baton.runtime.protocols import Priority as Priority
 from baton.runtime.runtime import Runtime
 from baton.stores.base import StepRecord, Store
 from baton.tools import Tool
+
+if TYPE_CHECKING:  # memory loads on first use
+    from baton.memory import RunMemory
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +358,8 @@ class RunContext:
     def memory(self, namespace: str) -> RunMemory:
         """Long-term memory in ``namespace`` (kept across runs): ``put/get/list/delete``, each a
         journaled step (``baton.memory.RunMemory``)."""
+        from baton.memory import RunMemory  # deferred: loads on first use
+
         return RunMemory(self, namespace)
 
     async def shared(self, key: str) -> Any:

@@ -25,20 +25,17 @@ from baton.errors import (
     UsageError,
 )
 from baton.json_schema import jsonable
-from baton.masking import mask_in
 from baton.messages import Usage
-from baton.models.resolve import get_model, model_for_provider, resolve_provider
 from baton.observe import events as ev
 from baton.observe.events import EventStream, Sink, new_id
 from baton.runtime.breaker import BreakerRegistry
 from baton.runtime.budget import BudgetTracker, Limits
 from baton.runtime.ids import check_run_id
-from baton.runtime.journal import Journal
+from baton.runtime.journal import Journal, decision_key
 from baton.runtime.ownership import HEARTBEAT_S, LEASE_S, describe, new_owner, owner_is_dead
 from baton.runtime.retry import RetryPolicy
 from baton.runtime.runtime import Runtime
 from baton.runtime.services import ModelBinding
-from baton.runtime.tool_calls import decision_key
 from baton.runtime.workflows import SHA_KEY, FileLoader, check_signature, for_record, workflow_ref
 from baton.stores import open_store
 from baton.stores.base import Owner, RunRecord, StepRecord, Store, displaced
@@ -129,6 +126,8 @@ def _status_for(exc: BaseException) -> str:
 
 def _error_dict(exc: BaseException) -> dict[str, Any]:
     """The error a run records and returns; URL credentials in it are masked (it is shown and stored)."""
+    from baton.masking import mask_in  # deferred: error paths only
+
     if isinstance(exc, BatonError):
         return mask_in(exc.to_dict())  # type: ignore[return-value]
     if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
@@ -209,6 +208,8 @@ class Engine:
                 elif self.model is not None:
                     b = ModelBinding(self.model, model_id, model_id)
                 else:
+                    from baton.models.resolve import get_model, model_for_provider, resolve_provider
+
                     nonlocal provider
                     provider = provider or resolve_provider(None)
                     model = get_model(provider, model_id)

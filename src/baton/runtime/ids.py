@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 from baton.errors import UsageError
-from baton.masking import printable
 
 RUN_ID_PATTERN = r"[A-Za-z0-9._:\-]{1,128}"
 _RUN_ID = re.compile(RUN_ID_PATTERN)
@@ -18,6 +17,7 @@ def check_run_id(run_id: object, *, source: str = "run id") -> str:
         return run_id
     if not isinstance(run_id, str):
         raise UsageError(f"{source} must be a string, not {type(run_id).__name__}")
+    from baton.masking import printable  # deferred: error paths only, not on `import baton`
 
     shown = printable(run_id[:40], keep_newlines=False) + ("..." if len(run_id) > 40 else "")
     raise UsageError(f"invalid {source} '{shown}' ({len(run_id)} characters): use 1-128 letters, digits "

@@ -7,26 +7,39 @@ the call paths as ``runtime.models`` (``model_calls.ModelCalls``) and ``runtime.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from baton.runtime.model_calls import ModelCalls
 from baton.runtime.services import ModelBinding, RunServices, current_services
-from baton.runtime.tool_calls import ToolCalls
+
+if TYPE_CHECKING:  # the tool call path loads on a run's first tool call
+    from baton.runtime.tool_calls import ToolCalls
 
 __all__ = ["ModelBinding", "Runtime", "current_services"]
 
 
-@dataclass
 class Runtime(RunServices):
-    """Everything one execution of a run shares, and the paths its model and tool calls take."""
+    """Everything one execution of a run shares, and the paths its model and tool calls take.
 
-    models: ModelCalls = field(init=False, repr=False)
-    tools: ToolCalls = field(init=False, repr=False)
+    Built like a ``RunServices`` (not a dataclass of its own: generating one more ``__init__``
+    over twenty fields would cost ``import baton`` ~2 ms)."""
+
+    models: ModelCalls
+    _tools: ToolCalls | None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.models = ModelCalls(self)
-        self.tools = ToolCalls(self)
+        self._tools = None
+
+    @property
+    def tools(self) -> ToolCalls:
+        """The tool call path (made on the run's first tool call)."""
+        if self._tools is None:
+            from baton.runtime.tool_calls import ToolCalls  # deferred: ~2 ms `import baton` does not pay
+
+            self._tools = ToolCalls(self)
+        return self._tools
 
     async def settle_in_flight(self, *, wait: bool = True) -> None:
         """Bill the answers to requests whose callers were cancelled (see ``ModelCalls.adopt``)."""

@@ -18,18 +18,13 @@ from baton.messages import ToolResultBlock, ToolUseBlock
 from baton.observe import events as ev
 from baton.observe.events import new_id
 from baton.runtime.breaker import CircuitBreaker, counts_as_failure
+from baton.runtime.journal import decision_key
 from baton.runtime.protocols import CallScope, CallSite, RuntimeTool, ToolContext
 from baton.runtime.retry import retrying
 from baton.runtime.services import RunServices
 from baton.stores.base import StepRecord
 
-__all__ = ["ToolCalls", "decision_key"]
-
-
-def decision_key(key: str, crashes: int) -> str:
-    """The journal key of the human decision to re-run the tool call at ``key`` after its
-    ``crashes``-th crash while in flight (each crash needs its own decision)."""
-    return f"{key}#decision" if crashes == 1 else f"{key}#decision-{crashes}"
+__all__ = ["ToolCalls"]
 
 
 class ToolCalls:
