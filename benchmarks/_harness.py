@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from baton.runtime.engine import Engine
+
 
 @dataclass
 class Result:
@@ -82,6 +84,14 @@ def print_table(results: Sequence[Result], *, baseline: str | None = None, file:
         ratio = r.cpu_ms_per_call / base.cpu_ms_per_call if base and base.cpu_ms_per_call else float("nan")
         print(f"{r.name:<{width}}  {r.calls:>6}  {r.cpu_ms_per_call:>11.3f}  {r.wall_s:>7.2f}  {ratio:>6.2f}  "
               f"{r.errors}" + (f"  ({r.first_error})" if r.first_error else ""), file=out)
+
+
+class UnjournaledEngine(Engine):
+    """An engine that keeps no journal (the run record still goes to the store): the bare
+    call path, to measure what journaling costs on top of it."""
+
+    def _new_journal(self, store: Any, run_id: str, owner_token: str) -> None:
+        return None
 
 
 class FakeServerProcess:

@@ -4,7 +4,7 @@ A "complete agent call" is ``ctx.call(agent, prompt)`` of a one-turn agent insid
 running workflow: the context's key and depth bookkeeping, the agent loop, the call
 path (budget reservation, concurrency slot, rate governor with limits configured but
 not binding, circuit breaker, retry loop), the Anthropic adapter over a real socket,
-cost accounting and the event stream (no sinks attached). ``durable=False``: no journal
+cost accounting and the event stream (no sinks attached). ``UnjournaledEngine``: no journal
 (bench_journal.py measures that). The fake API runs in another process; CPU is this
 process's ``time.process_time`` per call, measured against, in the same run:
 
@@ -33,13 +33,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from _harness import FakeServerProcess, Result, measure, print_table
+from _harness import FakeServerProcess, Result, UnjournaledEngine, measure, print_table
 from bench_transport import MODEL, PROMPT, SYSTEM, bare_aiohttp, baton_model
 
 import baton
 from baton.models.anthropic import AnthropicModel
 from baton.observe.events import Sink
-from baton.runtime.engine import Engine
 from baton.runtime.ratelimit import RateGovernor, RateLimits
 from baton.stores.memory import MemoryStore
 
@@ -61,7 +60,7 @@ def generous_governor() -> RateGovernor:
 async def agent_calls(url: str, args: argparse.Namespace, profile: cProfile.Profile | None) -> Result:
     """Measure ``ctx.call`` from inside one workflow run (what a fan-out does)."""
     model = AnthropicModel(api_key="sk-bench", base_url=url, max_connections=args.concurrency)
-    engine = Engine(store=MemoryStore(), model=model, durable=False, governor=generous_governor())
+    engine = UnjournaledEngine(store=MemoryStore(), model=model, governor=generous_governor())
     box: dict[str, Result] = {}
 
     async def workflow(ctx: baton.RunContext, _: Any) -> None:
@@ -131,7 +130,7 @@ async def run_cpu_ms(url: str, calls: int, concurrency: int, sinks: Callable[[],
     samples = []
     try:
         for i in range(rounds + 1):
-            engine = Engine(store=MemoryStore(), model=model, durable=False, governor=generous_governor(),
+            engine = UnjournaledEngine(store=MemoryStore(), model=model, governor=generous_governor(),
                             sinks=sinks())
             n = concurrency if i == 0 else calls
             gc.collect()
@@ -189,7 +188,7 @@ def main() -> None:
         if profile is not None:
             asyncio.run(agent_calls(url, args, profile))
     print(f"\nagent call CPU cost, {args.calls} calls at concurrency {args.concurrency}, "
-          f"zero-latency fake server in another process, durable=False, no sinks\n")
+          f"zero-latency fake server in another process, unjournaled, no sinks\n")
     print_table(rows, baseline="bare aiohttp + orjson")
     bare, adapter, full = rows
     extra = full.cpu_ms_per_call - bare.cpu_ms_per_call

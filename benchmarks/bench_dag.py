@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from _harness import FakeServerProcess
+from _harness import FakeServerProcess, UnjournaledEngine
 
 import baton
 from baton.models.anthropic import AnthropicModel
 from baton.patterns.orchestrator import Orchestrator
-from baton.runtime.engine import Engine
 from baton.runtime.scheduler import critical_paths
 from baton.stores.memory import MemoryStore
 
@@ -105,7 +104,7 @@ async def run_orchestrator(url: str, n: int, limit: int | None) -> None:
     worker = baton.Agent("worker", system=WORKER_SYSTEM, model=MODEL, max_tokens=256)
     synth = baton.Agent("synthesizer", system=SYNTH_SYSTEM, model=MODEL, max_tokens=256)
     orchestrator = Orchestrator(planner, {"worker": worker}, synth, max_subtasks=n, concurrency=limit)
-    engine = Engine(store=MemoryStore(), model=model, durable=False)
+    engine = UnjournaledEngine(store=MemoryStore(), model=model)
     try:
         result = await engine.run(orchestrator, "Build the thing.",
                                   limits=baton.Limits(concurrency=max(n, 1), max_model_calls=n + 10))

@@ -4,8 +4,8 @@
    run), measured over whole runs (store writes, batch commits and the SQLite worker
    thread included: ``time.process_time`` counts every thread of this process):
 
-     a. ``durable=False`` (no journal; the run record still goes to the store)
-     b. ``durable=True`` on a SQLite store file (every model and agent step journaled)
+     a. ``UnjournaledEngine`` (no journal; the run record still goes to the store)
+     b. ``Engine`` on a SQLite store file (every model and agent step journaled)
 
 2. Resume start of a run with 1,000 completed agent calls (2,000 journal records: one
    model step and one agent step each) in a SQLite file. A fresh ``Engine`` (opening
@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _harness import FakeServerProcess
+from _harness import FakeServerProcess, UnjournaledEngine
 from bench_transport import MODEL, SYSTEM
 
 import baton
@@ -67,8 +67,8 @@ async def fanout_cpu(url: str, args: argparse.Namespace, tmp: Path) -> dict[str,
     model = AnthropicModel(api_key="sk-bench", base_url=url, max_connections=args.fanout)
     sqlite = SQLiteStore(f"sqlite:///{tmp / 'fanout.db'}")
     await sqlite.open()
-    engines = {"unjournaled (durable=False)": Engine(store=MemoryStore(), model=model, durable=False),
-               "journaled (SQLite, durable=True)": Engine(store=sqlite, model=model, durable=True)}
+    engines = {"unjournaled": UnjournaledEngine(store=MemoryStore(), model=model),
+               "journaled (SQLite)": Engine(store=sqlite, model=model)}
     limits = baton.Limits(concurrency=args.fanout)
     workflow = fan_out(args.fanout)
     samples: dict[str, list[float]] = {name: [] for name in engines}

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from _harness import FakeServerProcess
+from _harness import FakeServerProcess, UnjournaledEngine
 
 import baton
 from baton.messages import Message, ModelRequest, Usage
 from baton.models.anthropic import AnthropicModel, usage_from_wire
 from baton.models.pricing import price_for
-from baton.runtime.engine import Engine
 from baton.stores.memory import MemoryStore
 
 MODEL = "claude-sonnet-4-6"
@@ -68,7 +67,7 @@ async def fan_out(url: str, workers: int, context_tokens: int, cached: bool) -> 
         return len(answers)
 
     try:
-        result = await Engine(store=MemoryStore(), model=model, durable=False).run(
+        result = await UnjournaledEngine(store=MemoryStore(), model=model).run(
             workflow, None, limits=baton.Limits(concurrency=workers))
     finally:
         await model.aclose()

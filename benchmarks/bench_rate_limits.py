@@ -29,14 +29,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from _harness import FakeServerProcess
+from _harness import FakeServerProcess, UnjournaledEngine
 
 import baton
 from baton.errors import ProviderError
 from baton.messages import Message, ModelRequest
 from baton.models.anthropic import AnthropicModel
 from baton.observe.events import Event
-from baton.runtime.engine import Engine
 from baton.runtime.ratelimit import RateGovernor, RateLimits
 from baton.stores.memory import MemoryStore
 
@@ -143,7 +142,7 @@ async def baton_run(url: str, args: argparse.Namespace) -> Outcome:
     model = AnthropicModel(api_key="sk-bench", base_url=url)
     governor = RateGovernor({MODEL: RateLimits(rpm=args.rpm, itpm=args.itpm)}, burst_s=args.burst_s)
     counter = Count429()
-    engine = Engine(store=MemoryStore(), model=model, durable=False, governor=governor, sinks=[counter])
+    engine = UnjournaledEngine(store=MemoryStore(), model=model, governor=governor, sinks=[counter])
     agent = baton.Agent("summariser", system=SYSTEM, model=MODEL, max_tokens=16)
     n, size = args.calls, args.tokens_per_call
 

@@ -111,11 +111,10 @@ async def test_old_journals_without_a_fingerprint_still_replay() -> None:
     assert (await baton.replay(done.run_id, brief, store=store)).output == "a brief"
 
 
-def test_replay_divergence_moved_to_the_error_tree_and_old_import_works() -> None:
+def test_replay_divergence_lives_in_the_error_tree() -> None:
     from baton.errors import BatonError, ReplayDivergence
-    from baton.runtime.calls import ReplayDivergence as Old
 
-    assert Old is ReplayDivergence and issubclass(ReplayDivergence, BatonError)
+    assert ReplayDivergence.__module__ == "baton.errors" and issubclass(ReplayDivergence, BatonError)
 
 
 # --- the result cache and the journal agree on what a call returned ---------------------------

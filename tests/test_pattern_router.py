@@ -137,7 +137,7 @@ async def test_handoff_passes_control_and_explicit_state_to_the_peer() -> None:
     assert to_billing.startswith("Original request:\nI was charged twice for order 42")
     assert "Handoff from triage." in to_billing and '"order":42' in to_billing and "Next: refund it" in to_billing
     assert {t.name for t in requests_of(model, "billing")[0].tools} == {"transfer_to_triage", "transfer_to_tech"}
-    assert [(e["from"], e["to"]) for e in sink.of(ev.HANDOFF)] == [("triage", "billing")]
+    assert [(e["from"], e["to"]) for e in sink.of(ev.HANDOFF_RECORDED)] == [("triage", "billing")]
     agent_depths = {s.name: s.meta["depth"] for s in await steps(store, result.run_id, "agent")}
     assert agent_depths == {"triage": 1, "billing": 2}  # each handoff goes one level deeper
 

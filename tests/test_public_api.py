@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
     "baton": [
-        "Agent", "AgentResult", "BatonError", "Decision", "Handoff", "Limits", "RunContext", "RunResult", "Tool",
+        "Agent", "AgentResult", "BatonError", "Decision", "HandoffNote", "Limits", "RunContext", "RunResult", "Tool",
         "ToolContext", "__version__", "approve", "fork", "register_workflow", "replay", "resume", "run", "run_sync",
         "stream", "stream_resume", "tool",
     ],

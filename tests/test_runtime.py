@@ -7,8 +7,7 @@ import os
 import pytest
 
 import baton
-from baton.errors import ApprovalRequired, RunNotFound, RunOwnedElsewhere, UsageError
-from baton.runtime.calls import ReplayDivergence
+from baton.errors import ApprovalRequired, ReplayDivergence, RunNotFound, RunOwnedElsewhere, UsageError
 from baton.runtime.engine import Engine
 from baton.stores.base import Owner
 from baton.stores.memory import MemoryStore

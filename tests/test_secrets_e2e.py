@@ -39,7 +39,7 @@ def test_planted_secrets_never_leave_the_process(tmp_path: Path) -> None:
         wf.write_text(
             "version: 1\nname: secrets\nagents:\n  researcher:\n    model: claude-haiku-4-5\n"
             "    system: You research supply.\n    tools: [lookup_facts]\n"
-            "tools:\n  lookup_facts: {python: 'baton.toolbox:lookup_facts'}\n"
+            "tools:\n  lookup_facts: {python: 'baton.sample_tools:lookup_facts'}\n"
             "workflow: {pattern: agent, agent: researcher}\n")
         db = tmp_path / "runs.db"
         log = tmp_path / "events.jsonl"

@@ -13,7 +13,8 @@
 
 from baton.agent import Agent, AgentResult
 from baton.api import approve, fork, register_workflow, replay, resume, run, run_sync
-from baton.context import Decision, Handoff, RunContext
+from baton.context import Decision, HandoffNote, RunContext
+from baton.context import Handoff as Handoff  # the old name of HandoffNote
 from baton.errors import BatonError
 from baton.runtime.budget import Limits
 from baton.runtime.engine import RunResult
@@ -27,7 +28,7 @@ __all__ = [
     "AgentResult",
     "BatonError",
     "Decision",
-    "Handoff",
+    "HandoffNote",
     "Limits",
     "RunContext",
     "RunResult",

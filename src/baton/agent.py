@@ -19,8 +19,9 @@ model is told once, and the next repeat stops the agent with ``ToolLoopDetected`
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Protocol
 
 import orjson
 
@@ -32,6 +33,7 @@ from baton.errors import (
     ToolLoopDetected,
     UsageError,
 )
+from baton.json_schema import is_pydantic_model, schema_of, validation_errors
 from baton.messages import (
     Message,
     ModelRequest,
@@ -43,11 +45,23 @@ from baton.messages import (
     ToolUseBlock,
     Usage,
 )
-from baton.schema import is_pydantic_model, schema_of, validation_errors
+from baton.models.base import Model
 from baton.tools import Tool
 
-if TYPE_CHECKING:
-    from baton.context import RunContext
+
+class LoopScope(Protocol):
+    """What the tool-use loop needs from the run context it runs in (``baton.RunContext``)."""
+
+    @property
+    def chain(self) -> tuple[str, ...]: ...
+
+    def ask_model(self, agent: Agent, key: str,
+                  request: ModelRequest) -> Awaitable[tuple[ModelResponse, float | None]]: ...
+
+    def run_tools(self, agent: Agent, prefix: str, uses: list[ToolUseBlock],
+                  tools: Mapping[str, Tool]) -> Awaitable[list[ToolResultBlock]]: ...
+
+    def model_adapter(self, model_id: str) -> Model | None: ...
 
 FINAL_TOOL = "final_answer"
 """The tool through which an agent with an output schema returns its structured answer."""
@@ -139,9 +153,7 @@ class Agent:
 
     def with_(self, **changes: Any) -> Agent:
         """A copy with some fields changed (and a fresh prompt version)."""
-        from dataclasses import fields as dc_fields
-
-        values = {f.name: getattr(self, f.name) for f in dc_fields(self) if not f.name.startswith("_")}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
         values.update(changes)
         return Agent(**values)
 
@@ -270,7 +282,7 @@ def _signature(uses: list[ToolUseBlock]) -> bytes:
 class _Loop:
     """The state of one agent call's tool-use loop."""
 
-    def __init__(self, ctx: RunContext, key: str, agent: Agent, input: Any, extra_tools: list[Tool] | None) -> None:
+    def __init__(self, ctx: LoopScope, key: str, agent: Agent, input: Any, extra_tools: list[Tool] | None) -> None:
         self.ctx, self.key, self.agent = ctx, key, agent
         self.tools = {t.name: t for t in [*agent.tools, *(extra_tools or [])]}
         self.specs = agent.tool_specs() + [t.spec() for t in (extra_tools or [])]
@@ -298,8 +310,7 @@ class _Loop:
 
     async def ask(self, key: str, request: ModelRequest) -> ModelResponse:
         """One model turn; a refusal is tried again on each fallback model before it fails."""
-        rt = self.ctx._runtime
-        response, cost = await rt.model_call(self.ctx, self.agent, key, request)
+        response, cost = await self.ctx.ask_model(self.agent, key, request)
         self.usage.add(response.usage)
         self.cost += cost or 0.0
         tried = [request.model]
@@ -309,7 +320,7 @@ class _Loop:
             if fallback in tried:
                 continue
             tried.append(fallback)
-            response, cost = await rt.model_call(self.ctx, self.agent, f"{key}r{n}", replace(request, model=fallback))
+            response, cost = await self.ctx.ask_model(self.agent, f"{key}r{n}", replace(request, model=fallback))
             self.usage.add(response.usage)
             self.cost += cost or 0.0
         if response.stop_reason == "refusal":
@@ -382,9 +393,8 @@ class _Loop:
 
     def _prefills(self) -> bool:
         """Whether the agent's model continues a cut-off answer sent back as a trailing assistant message."""
-        try:
-            model = self.ctx._runtime.bind_model(self.agent.model).model
-        except Exception:  # e.g. model "auto" or a replay: the journaled continuation is used either way
+        model = self.ctx.model_adapter(self.agent.model)
+        if model is None:  # e.g. model "auto" or a replay: the journaled continuation is used either way
             return False
         flag = getattr(model, "supports_prefill", None)
         return bool(flag) if flag is not None else model.provider in PREFILL_PROVIDERS
@@ -397,7 +407,7 @@ class _Loop:
         if repeated is not None:
             self.messages.append(Message("user", [ToolResultBlock(u.id, repeated, is_error=True) for u in uses]))
             return None
-        results = await self.ctx._runtime.run_tools(self.ctx, self.agent, f"{self.key}/t{turn}", uses, self.tools)
+        results = await self.ctx.run_tools(self.agent, f"{self.key}/t{turn}", uses, self.tools)
         self.messages.append(Message("user", list(results)))
         ended = any(getattr(self.tools.get(u.name), "ends_turn", False) and not r.is_error
                     for u, r in zip(uses, results, strict=True))
@@ -469,7 +479,7 @@ class _Loop:
         return ModelBehaviorError(f"agent {a.name!r} {what} {when}{tail}", raw_output=bad.raw, errors=bad.errors)
 
 
-async def run_agent_loop(ctx: RunContext, key: str, agent: Agent, input: Any,
+async def run_agent_loop(ctx: LoopScope, key: str, agent: Agent, input: Any,
                          extra_tools: list[Tool] | None = None) -> AgentResult:
     """The tool-use loop of one agent call. ``key`` is the call's journal key."""
     loop = _Loop(ctx, key, agent, input, extra_tools)

@@ -22,7 +22,7 @@ def load_recorded_file(run_id: str, path: str, recorded: Any, command: str) -> A
 
 def _engine(kw: dict[str, Any]) -> Engine:
     fields = {"store", "model", "models", "provider", "sinks", "retry", "governor", "breakers", "cache",
-              "cache_ttl_s", "durable", "sleep", "batch", "router"}
+              "cache_ttl_s", "sleep", "batch", "router"}
     unknown = sorted(set(kw) - fields)
     if unknown:
         raise UsageError(f"unknown option {unknown[0]!r}; expected one of {sorted(fields)}")

@@ -19,7 +19,9 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from baton.agent import Agent, AgentResult, output_from_json, run_agent_loop
 from baton.errors import (
@@ -27,27 +29,30 @@ from baton.errors import (
     BatonError,
     BudgetExceeded,
     DepthExceeded,
+    ReplayDivergence,
     RunOwnedElsewhere,
     RunSuspended,
     RunTimeout,
     StoreError,
     UsageError,
 )
-from baton.messages import Usage
+from baton.messages import ModelRequest, ModelResponse, ToolResultBlock, ToolUseBlock, Usage
+from baton.models.base import Model
 from baton.observe import events as ev
 from baton.observe.events import new_id
-from baton.stores.base import StepRecord
+from baton.runtime.budget import Limits
+from baton.runtime.engine import set_default_scope
+from baton.runtime.protocols import Priority as Priority
+from baton.runtime.runtime import Runtime
+from baton.stores.base import StepRecord, Store
+from baton.tools import Tool
 
-if TYPE_CHECKING:
-    from baton.runtime.budget import Limits
-    from baton.runtime.calls import Runtime
-    from baton.tools import Tool
-
-Priority = Literal["high", "normal", "low"]
+if TYPE_CHECKING:  # memory loads on first use
+    from baton.memory import RunMemory
 
 
 @dataclass(frozen=True, slots=True)
-class Handoff:
+class HandoffNote:
     """An immutable snapshot of state passed between agents: what was asked, found, failed, what is next."""
 
     from_agent: str
@@ -63,14 +68,12 @@ class Handoff:
                 "found": dict(self.found), "failed": list(self.failed), "next": self.next, "depth": self.depth}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Handoff:
+    def from_dict(cls, d: dict[str, Any]) -> HandoffNote:
         return cls(d["from_agent"], d["to_agent"], d["asked"], MappingProxyType(dict(d.get("found") or {})),
                    tuple(d.get("failed") or ()), d.get("next", ""), int(d.get("depth", 0)))
 
     def render(self) -> str:
         """How the receiving agent sees it."""
-        import orjson
-
         lines = [f"Handoff from {self.from_agent}.", f"Asked: {self.asked}"]
         if self.found:
             lines.append("Found: " + orjson.dumps(dict(self.found)).decode())
@@ -79,6 +82,10 @@ class Handoff:
         if self.next:
             lines.append(f"Next: {self.next}")
         return "\n".join(lines)
+
+
+Handoff = HandoffNote
+"""Old name of ``HandoffNote`` (kept: ``baton.Handoff`` was public)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +103,7 @@ class RunContext:
 
     def __init__(self, runtime: Runtime, *, input: Any = None, prefix: str = "", depth: int = 0,
                  chain: tuple[str, ...] = (), span_id: str | None = None, priority: Priority = "normal",
-                 state: Handoff | None = None) -> None:
+                 state: HandoffNote | None = None) -> None:
         self._runtime = runtime
         self.input = input
         self.depth = depth
@@ -146,11 +153,44 @@ class RunContext:
     def grammar_bound(self, agent: Agent) -> bool:
         """Whether ``agent``'s model decodes structured output under a grammar (the embedded
         local model): a pattern may then give it a tighter schema than it gives Claude."""
+        return bool(getattr(self.model_adapter(agent.model), "grammar_bound", False))
+
+    def model_adapter(self, model_id: str) -> Model | None:
+        """The adapter that would serve ``model_id`` in this run (None: it cannot be bound now;
+        the call itself reports why)."""
         try:
-            model = self._runtime.bind_model(agent.model).model
+            return self._runtime.bind_model(model_id).model
         except BatonError:
-            return False  # the call itself reports why the model cannot be used
-        return bool(getattr(model, "grammar_bound", False))
+            return None
+
+    def ask_model(self, agent: Agent, key: str,
+                  request: ModelRequest) -> Awaitable[tuple[ModelResponse, float | None]]:
+        """One model turn of ``agent`` at journal ``key``, through the run's model call path:
+        the response and its cost (None: unpriced)."""
+        return self._runtime.models.call(self, agent, key, request)
+
+    def run_tools(self, agent: Agent, prefix: str, uses: list[ToolUseBlock],
+                  tools: Mapping[str, Tool]) -> Awaitable[list[ToolResultBlock]]:
+        """Run the tool calls of one model turn (journal keys ``PREFIX.0``, ``PREFIX.1``...)
+        concurrently through the run's tool call path; results in request order."""
+        return self._runtime.tools.run_all(self, agent, prefix, uses, tools)
+
+    @property
+    def store(self) -> Store | None:
+        """The run's store (None: this run keeps no journal)."""
+        journal = self._runtime.journal
+        return None if journal is None else journal.store
+
+    @property
+    def tenant(self) -> str | None:
+        """The service tenant the run belongs to (None outside the service)."""
+        return self._runtime.tenant
+
+    def _check_depth(self, depth: int, chain: tuple[str, ...], what: str = "delegation") -> None:
+        """Refuse to go ``depth`` levels deep past ``max_depth`` (the error names the chain)."""
+        if depth > self.max_depth:
+            raise DepthExceeded(f"{what} depth {depth} exceeds the limit of {self.max_depth}: " + " > ".join(chain),
+                                chain=list(chain))
 
     def next_key(self, label: str = "") -> str:
         """Take the next position key in this scope (deterministic, by call order)."""
@@ -170,12 +210,10 @@ class RunContext:
                     priority: Priority) -> AgentResult:
         rt = self._runtime
         chain = (*self.chain, agent.name)
-        if self.depth + 1 > self.max_depth:
-            raise DepthExceeded(f"delegation depth {self.depth + 1} exceeds the limit of {self.max_depth}: "
-                                + " > ".join(chain), chain=list(chain))
+        self._check_depth(self.depth + 1, chain)
         rec = rt.check_agent_replay(key, agent.name)
         if rec is not None:
-            rt._replayed(rec, self.span_id)
+            rt.report_replayed(rec, self.span_id)
             r = rec.result
             return AgentResult(agent.name, output_from_json(agent, r["output"]), Usage.from_dict(rec.usage),
                                rec.cost_usd, int(r.get("turns", 0)))
@@ -246,7 +284,7 @@ class RunContext:
         rt = self._runtime
         rec = rt.check_replay(key, "step", name)
         if rec is not None:
-            rt._replayed(rec, self.span_id)
+            rt.report_replayed(rec, self.span_id)
             return rec.result
         span = new_id()
         rt.emit(ev.STEP_START, span, self.span_id, {"name": name, "key": key})
@@ -275,13 +313,10 @@ class RunContext:
     async def uuid(self) -> str:
         return str(await self.step("uuid", new_id, 16))
 
-    def child(self, label: str, *, state: Handoff | None = None) -> RunContext:
+    def child(self, label: str, *, state: HandoffNote | None = None) -> RunContext:
         """A nested scope (a sub-workflow, a sub-orchestrator): its own key space, one level deeper."""
         key = self.next_key(label)
-        if self.depth + 1 > self.max_depth:
-            chain = (*self.chain, label)
-            raise DepthExceeded(f"delegation depth {self.depth + 1} exceeds the limit of {self.max_depth}: "
-                                + " > ".join(chain), chain=list(chain))
+        self._check_depth(self.depth + 1, (*self.chain, label))
         return RunContext(self._runtime, input=self.input, prefix=f"{key}/", depth=self.depth + 1,
                           chain=(*self.chain, label), span_id=self.span_id, priority=self.priority,
                           state=state or self.state)
@@ -299,11 +334,11 @@ class RunContext:
 
     # --- the shared blackboard ---------------------------------------------------------
 
-    def _board(self) -> Any:
-        journal = self._runtime.journal
-        if journal is None:
+    def _board(self) -> Store:
+        store = self.store
+        if store is None:
             raise UsageError("the shared blackboard needs a store (this run keeps no journal)")
-        return journal.store
+        return store
 
     async def share(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         """Publish ``value`` under ``key`` on this run's blackboard in the store (Redis: across processes).
@@ -320,10 +355,10 @@ class RunContext:
 
         await self.step(f"share:{key}", write)
 
-    def memory(self, namespace: str) -> Any:
+    def memory(self, namespace: str) -> RunMemory:
         """Long-term memory in ``namespace`` (kept across runs): ``put/get/list/delete``, each a
         journaled step (``baton.memory.RunMemory``)."""
-        from baton.memory import RunMemory
+        from baton.memory import RunMemory  # deferred: loads on first use
 
         return RunMemory(self, namespace)
 
@@ -334,19 +369,16 @@ class RunContext:
 
     # --- handoffs and humans ----------------------------------------------------------
 
-    async def handoff(self, from_agent: str, to_agent: str, *, asked: str, found: Mapping[str, Any] | None = None,
-                      failed: Iterable[str] = (), next: str = "") -> Handoff:
+    async def record_handoff(self, from_agent: str, to_agent: str, *, asked: str, found: Mapping[str, Any] | None = None,
+                      failed: Iterable[str] = (), next: str = "") -> HandoffNote:
         """Record an immutable handoff snapshot; the receiving scope sees it as ``ctx.state``."""
-        snapshot = Handoff(from_agent, to_agent, asked, MappingProxyType(dict(found or {})), tuple(failed), next,
+        snapshot = HandoffNote(from_agent, to_agent, asked, MappingProxyType(dict(found or {})), tuple(failed), next,
                            self.depth + 1)
-        if snapshot.depth > self.max_depth:
-            chain = (*self.chain, to_agent)
-            raise DepthExceeded(f"handoff depth {snapshot.depth} exceeds the limit of {self.max_depth}: "
-                                + " > ".join(chain), chain=list(chain))
+        self._check_depth(snapshot.depth, (*self.chain, to_agent), what="handoff")
         stored = await self.step(f"handoff:{from_agent}>{to_agent}", snapshot.to_dict)
-        self._runtime.emit(ev.HANDOFF, new_id(), self.span_id, {"from": from_agent, "to": to_agent,
+        self._runtime.emit(ev.HANDOFF_RECORDED, new_id(), self.span_id, {"from": from_agent, "to": to_agent,
                                                                "depth": snapshot.depth})
-        self.state = Handoff.from_dict(stored)
+        self.state = HandoffNote.from_dict(stored)
         return self.state
 
     async def approve(self, name: str, request: Any = None) -> Decision:
@@ -370,7 +402,8 @@ class RunContext:
 
 def _agent_failed(exc: BaseException) -> bool:
     """Whether ``exc`` is the agent's own failure (not a pause, a budget, the store or a cancel)."""
-    from baton.runtime.calls import ReplayDivergence
-
     return isinstance(exc, Exception) and not isinstance(
         exc, (RunSuspended, BudgetExceeded, StoreError, RunOwnedElsewhere, ReplayDivergence))
+
+
+set_default_scope(lambda runtime, input: RunContext(runtime, input=input))

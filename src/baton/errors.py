@@ -24,9 +24,15 @@
     │   └── StoreKeyError          encrypted content and no key, or the wrong one (also a UsageError)
     ├── RunOwnedElsewhere          another live process owns the run (use --force)
     ├── ReplayDivergence           the workflow asked for another step than the journal recorded
+    ├── Conflict                   the service refused: the run's state does not allow it (HTTP 409)
     └── RunSuspended               control flow, not failure: the run stops resumably
         ├── ApprovalRequired       awaiting a human decision (exit 4)
         └── DecisionRequired       a non-idempotent tool was in flight at a crash (exit 4)
+
+Two internal signals live here too, outside the tree on purpose (plain ``Exception``s, so an
+``except BatonError`` never swallows them): ``ToolInterrupted`` (a tool raised
+``KeyboardInterrupt``; the runtime stops the run as interrupted) and ``CallFailed`` (one of a
+pattern's concurrent calls failed; the pattern that started it always catches it).
 
 Foreign exceptions (aiohttp, psycopg, redis, llama.cpp) are mapped to these at the
 boundary and chained with ``from``. Constructors have no side effects.
@@ -242,6 +248,11 @@ class ReplayDivergence(BatonError):
         return {**super().to_dict(), "step": self.step, "differs": self.differs}
 
 
+class Conflict(BatonError):
+    """The service refused: the run is not in a state that allows this (cancel a finished run,
+    approve a step not waiting, reuse a run id with another input). HTTP 409."""
+
+
 class RunSuspended(BatonError):
     """Control flow: the run stops in a resumable state."""
 
@@ -281,10 +292,31 @@ class BatchPending(RunSuspended):
         return {**super().to_dict(), "batch_id": self.batch_id}
 
 
+class ToolInterrupted(Exception):
+    """A tool raised ``KeyboardInterrupt``: the run stops as ``interrupted`` (resumable).
+
+    An ordinary exception on purpose: a ``KeyboardInterrupt`` raised inside an asyncio task
+    escapes the event loop itself and leaves the run recorded as ``running``.
+    """
+
+    def __init__(self, tool: str) -> None:
+        super().__init__(f"tool {tool!r} raised KeyboardInterrupt; the run stopped (resume it with baton resume)")
+        self.tool = tool
+
+
+class CallFailed(Exception):
+    """One of several concurrent calls of a pattern failed; ``label`` says which, ``error`` how."""
+
+    def __init__(self, label: str, error: Exception) -> None:
+        super().__init__(label)
+        self.label, self.error = label, error
+
+
 __all__ = [
-    "ApprovalRequired", "BatchPending", "BatchRequestFailed", "BatonError", "BudgetExceeded", "CircuitOpenError", "DecisionRequired", "DepthExceeded",
-    "LimitExceeded", "MaxTurnsExceeded", "ModelBehaviorError", "ModelRefused", "OutputTruncated", "PlanError",
-    "ProviderConnectionError", "ProviderError", "ProviderTimeout", "ReplayDivergence", "RunNotFound",
-    "RunOwnedElsewhere", "RunSuspended", "RunTimeout", "StepFailed", "StoreError", "StoreKeyError", "ToolError",
+    "ApprovalRequired", "BatchPending", "BatchRequestFailed", "BatonError", "BudgetExceeded", "CallFailed",
+    "CircuitOpenError", "Conflict", "DecisionRequired", "DepthExceeded", "LimitExceeded", "MaxTurnsExceeded",
+    "ModelBehaviorError", "ModelRefused", "OutputTruncated", "PlanError", "ProviderConnectionError",
+    "ProviderError", "ProviderTimeout", "ReplayDivergence", "RunNotFound", "RunOwnedElsewhere",
+    "RunSuspended", "RunTimeout", "StepFailed", "StoreError", "StoreKeyError", "ToolError", "ToolInterrupted",
     "ToolLoopDetected", "UsageError", "WorkflowError",
 ]

@@ -18,14 +18,25 @@ runs is two separate memories.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from baton.errors import UsageError
+from baton.runtime.services import current_services
+from baton.stores.base import Store
 from baton.tools import Tool
 
-if TYPE_CHECKING:
-    from baton.context import RunContext
-    from baton.stores.base import Store
+
+class MemoryScope(Protocol):
+    """What run memory needs from the run context (``baton.RunContext``)."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    @property
+    def tenant(self) -> str | None: ...
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]: ...
 
 __all__ = ["Memory", "RunMemory", "check_namespace", "memory_tools"]
 
@@ -89,12 +100,12 @@ class Memory:
 class RunMemory:
     """One namespace, used from a run: every operation is a journaled step."""
 
-    def __init__(self, ctx: RunContext, namespace: str) -> None:
-        journal = ctx._runtime.journal
-        if journal is None:
+    def __init__(self, ctx: MemoryScope, namespace: str) -> None:
+        store = ctx.store
+        if store is None:
             raise UsageError("memory needs a store (this run keeps no journal)")
         self.ctx = ctx
-        self.memory = Memory(journal.store, namespace, tenant=ctx._runtime.tenant)
+        self.memory = Memory(store, namespace, tenant=ctx.tenant)
 
     async def put(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         await self.ctx.step(f"memory.put:{key}", self.memory.put, key, value, ttl_s=ttl_s)
@@ -113,9 +124,7 @@ class RunMemory:
 
 def _run_memory(namespace: str) -> Memory:
     """The namespace on the store of the run this tool call belongs to."""
-    from baton.runtime.calls import _CURRENT
-
-    runtime = _CURRENT.get()
+    runtime = current_services()
     if runtime is None or runtime.journal is None:
         raise UsageError("memory tools need a run with a store")
     return Memory(runtime.journal.store, namespace, tenant=runtime.tenant)

@@ -18,6 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from baton.api import _engine
 from baton.observe.events import Event, Sink
 from baton.runtime.engine import RunResult, Workflow
 
@@ -62,8 +63,6 @@ def stream(workflow: Workflow, input: Any = None, *, run_id: str | None = None, 
     """``baton.run``, watched: its events (text deltas included) as they happen, then its ``RunResult``.
 
     Takes the options of ``baton.run``."""
-    from baton.api import _engine
-
     sinks = options.pop("sinks", None)
 
     def start(all_sinks: list[Sink]) -> Awaitable[RunResult]:
@@ -76,8 +75,6 @@ def stream(workflow: Workflow, input: Any = None, *, run_id: str | None = None, 
 def stream_resume(run_id: str, workflow: Workflow | None = None, *, force: bool = False,
                   **options: Any) -> AsyncIterator[Event | RunResult]:
     """``baton.resume``, watched. Completed steps replay from the journal: no deltas for them."""
-    from baton.api import _engine
-
     sinks = options.pop("sinks", None)
     overrides = {k: options.pop(k) for k in ("budget_usd", "budget_tokens", "max_model_calls", "timeout_s")
                  if k in options}

@@ -19,26 +19,17 @@ from typing import Any, get_type_hints
 
 import orjson
 
-from baton.errors import ToolError, UsageError
+from baton.errors import ToolError, ToolInterrupted, UsageError
+from baton.json_schema import check_schema, validation_errors
 from baton.messages import ToolSpec
-from baton.schema import check_schema, validation_errors
+from baton.runtime.protocols import ToolContext
+
+__all__ = ["DEFAULT_MAX_RESULT_CHARS", "Tool", "ToolContext", "ToolInterrupted", "tool"]
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 DEFAULT_MAX_RESULT_CHARS = 100_000
 """A tool result longer than this (in characters of its JSON or text) is cut, saying so."""
-
-
-class ToolInterrupted(Exception):
-    """A tool raised ``KeyboardInterrupt``: the run stops as ``interrupted`` (resumable).
-
-    An ordinary exception on purpose: a ``KeyboardInterrupt`` raised inside an asyncio task
-    escapes the event loop itself and leaves the run recorded as ``running``.
-    """
-
-    def __init__(self, tool: str) -> None:
-        super().__init__(f"tool {tool!r} raised KeyboardInterrupt; the run stopped (resume it with baton resume)")
-        self.tool = tool
 
 
 class _Escaped(Exception):
@@ -89,21 +80,6 @@ def _in_daemon_thread(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dic
 def _is_transient(exc: BaseException) -> bool:
     """Failures another attempt could get past: timeouts and lost connections."""
     return isinstance(exc, TimeoutError | ConnectionError)
-
-
-@dataclass(frozen=True, slots=True)
-class ToolContext:
-    """What a tool may know about the call. Never sent to the model.
-
-    ``idempotency_key`` is stable across retries and crash-resumes of the same step,
-    so a tool with side effects can deduplicate them.
-    """
-
-    run_id: str
-    agent: str
-    step_key: str
-    idempotency_key: str
-    state: Any = None
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from baton.errors import ToolError, UsageError
-from baton.schema import validation_errors
+from baton.json_schema import validation_errors
 from baton.tools import Tool
 
 _SAFE = re.compile(r"[^a-zA-Z0-9_-]")

@@ -6,6 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+import orjson
+
+from baton.errors import UsageError
+
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("index", help="build or refresh a workflow's knowledge indexes (only changed files)")
@@ -33,9 +37,6 @@ def _progress(name: str) -> Any:
 
 
 async def cmd_index(args: argparse.Namespace) -> int:
-    import orjson
-
-    from baton.errors import UsageError
     from baton.spec.build import load_workflow_file
 
     wf = load_workflow_file(args.workflow)

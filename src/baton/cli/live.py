@@ -6,6 +6,7 @@ import contextlib
 import sys
 from typing import Any, TextIO
 
+from baton.errors import UsageError
 from baton.observe import events as ev
 from baton.observe.events import Event
 
@@ -62,7 +63,8 @@ def stream_sinks(args: Any) -> list[Any]:
 MAX_EDIT_BYTES = 16 * 1024 * 1024
 
 
-def add_fork_parser(sub: Any) -> None:
+def add_fork_parser(sub: Any, handler: Any) -> None:
+    """``baton fork RUN_ID --at STEP [--edit TEXT | --edit-file F]``, run by ``handler(args)``."""
     f = sub.add_parser("fork", help="a new run from a run's journal up to a step, with that step edited or redone")
     f.add_argument("run_id")
     f.add_argument("--at", required=True, metavar="STEP", help="the step key (as baton show lists it)")
@@ -77,12 +79,11 @@ def add_fork_parser(sub: Any) -> None:
     f.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     f.add_argument("--provider", help="anthropic | local | openai")
     f.add_argument("--quiet", action="store_true", help="no live progress on stderr")
-    f.set_defaults(fn=cmd_fork)
+    f.set_defaults(fn=handler)
 
 
-def _edit_text(args: Any) -> str | None:
-    from baton.errors import UsageError
-
+def edit_text(args: Any) -> str | None:
+    """The fork's edit: ``--edit`` as given, or ``--edit-file`` read as UTF-8 (at most 16 MiB)."""
     if args.edit is not None:
         return str(args.edit)
     if args.edit_file is None:
@@ -98,27 +99,3 @@ def _edit_text(args: Any) -> str | None:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"--edit-file {args.edit_file} is not UTF-8 text") from None
-
-
-async def cmd_fork(args: Any) -> int:
-    import asyncio
-
-    from baton.cli import main as cli
-    from baton.observe.events import new_id
-    from baton.runtime.fork import fork
-
-    edit = _edit_text(args)
-    workflow = cli._named_workflow(args)
-    sinks = cli._Sinks(args)
-    sinks.sinks.extend(stream_sinks(args))
-    engine = cli._engine(args, sinks)
-    fork_id = new_id(8)
-    try:
-        result = await fork(engine, args.run_id, args.at, edit=edit, workflow=workflow, new_run_id=fork_id)
-    except (asyncio.CancelledError, KeyboardInterrupt):
-        return cli._interrupted(fork_id, args)
-    finally:
-        sinks.close()
-        await cli._close(engine)
-    code: int = cli._finish(result, args)
-    return code

@@ -11,12 +11,24 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from baton.api import load_recorded_file
+from baton.cli.live import add_fork_parser, add_stream_option, edit_text, stream_sinks
 from baton.errors import BatonError, UsageError, WorkflowError
+from baton.masking import mask_in, mask_urls, printable
+from baton.models.resolve import announce_provider, close_models, provider_and_reason
+from baton.observe.events import new_id
+from baton.runtime.batch import BatchOptions
+from baton.runtime.budget import Limits
+from baton.runtime.engine import Engine, decide
+from baton.runtime.ids import check_run_id
+from baton.runtime.workflows import check_signature
+from baton.settings import limit_arg
 from baton.stores import using_store
 
 EXIT_BY_STATUS = {"succeeded": 0, "failed": 1, "budget_exceeded": 3, "awaiting_approval": 4, "awaiting_batch": 4,
@@ -46,15 +58,11 @@ def _print_json(obj: Any) -> None:
 
 def _err(msg: str) -> None:
     """One message on stderr: URL credentials masked, control characters escaped."""
-    from baton.masking import mask_urls, printable
-
     with contextlib.suppress(OSError):
         sys.stderr.write(printable(mask_urls(msg.rstrip())) + "\n")
 
 
 def _report_error(exc: BatonError, as_json: bool) -> int:
-    from baton.masking import mask_in
-
     if as_json:
         _print_json({"run_id": None, "status": "error", "output": None, "error": mask_in(exc.to_dict())})
     if isinstance(exc, WorkflowError) and len(exc.problems) > 1:
@@ -155,8 +163,6 @@ def _read_input(args: argparse.Namespace) -> Any:
 
 
 def _provider(args: argparse.Namespace) -> str:
-    from baton.models.resolve import announce_provider, provider_and_reason
-
     provider, reason = provider_and_reason(getattr(args, "provider", None))
     if reason == "default" or provider == "local":
         _err(announce_provider(provider, reason))
@@ -189,8 +195,6 @@ def _finish(result: Any, args: argparse.Namespace, tally: Any = None) -> int:
 def _load_workflow(ref: str) -> Any:
     """A YAML file, or a Python workflow given as ``module:function`` (the caller names it: this is
     the only place a module path is imported, never from a stored run)."""
-    from baton.runtime.budget import Limits
-    from baton.runtime.workflows import check_signature
     from baton.spec import load_workflow_file
     from baton.spec.build import DEFAULT_MAX_MODEL_CALLS
 
@@ -219,8 +223,6 @@ def _named_workflow(args: argparse.Namespace) -> Any:
 
 def _engine(args: argparse.Namespace, sinks: _Sinks) -> Any:
     """The engine for run/resume: provider, store, sinks, result cache, shared rate governor."""
-    from baton.runtime.engine import Engine
-
     cache = None
     cache_url = getattr(args, "cache", None) or os.environ.get("BATON_CACHE")
     if cache_url:
@@ -233,8 +235,6 @@ def _engine(args: argparse.Namespace, sinks: _Sinks) -> Any:
         from baton.runtime.ratelimit_redis import RedisRateGovernor
 
         governor = RedisRateGovernor(rl_url)  # limits shared by every process using this Redis
-    from baton.api import load_recorded_file
-    from baton.runtime.batch import BatchOptions
 
     return Engine(store=args.store, provider=_provider(args), sinks=sinks.sinks, cache=cache,
                   cache_ttl_s=getattr(args, "cache_ttl", None), governor=governor, files=load_recorded_file,
@@ -251,17 +251,12 @@ def _interrupted(run_id: str, args: argparse.Namespace) -> int:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from baton.observe.events import new_id
-    from baton.runtime.ids import check_run_id
-
     run_id = check_run_id(args.run_id, source="--run-id") if args.run_id is not None else new_id(8)
     workflow, default_limits = _load_workflow(args.workflow)
     input_value = _read_input(args)
     base = default_limits or workflow.limits
     limits = base.merged(budget_usd=args.budget_usd, budget_tokens=args.budget_tokens)
     sinks = _Sinks(args)
-    from baton.cli.live import stream_sinks
-
     sinks.sinks.extend(stream_sinks(args))  # --stream
     engine = _engine(args, sinks)
     try:
@@ -274,11 +269,28 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     return _finish(result, args, sinks.tally)
 
 
+async def _cmd_fork(args: argparse.Namespace) -> int:
+    from baton.runtime.fork import fork  # deferred: `baton fork` only
+
+    edit = edit_text(args)
+    workflow = _named_workflow(args)
+    sinks = _Sinks(args)
+    sinks.sinks.extend(stream_sinks(args))
+    engine = _engine(args, sinks)
+    fork_id = new_id(8)
+    try:
+        result = await fork(engine, args.run_id, args.at, edit=edit, workflow=workflow, new_run_id=fork_id)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        return _interrupted(fork_id, args)
+    finally:
+        sinks.close()
+        await _close(engine)
+    return _finish(result, args)
+
+
 async def _cmd_resume(args: argparse.Namespace) -> int:
     workflow = _named_workflow(args)
     sinks = _Sinks(args)
-    from baton.cli.live import stream_sinks
-
     sinks.sinks.extend(stream_sinks(args))  # --stream: completed steps replay, only new text prints
     engine = _engine(args, sinks)
     try:
@@ -306,7 +318,6 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
 
 async def _cmd_show(args: argparse.Namespace) -> int:
     from baton.cli.views import show_json, show_text
-    from baton.masking import mask_in, mask_urls, printable
     from baton.observe.redact import redact, redact_text
 
     async with using_store(args.store) as store:
@@ -331,8 +342,6 @@ async def _cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(stats)
     else:
-        from baton.masking import printable
-
         _out(printable(stats_text(stats)) + "\n")
     return 0
 
@@ -362,8 +371,6 @@ async def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def _cmd_approve(args: argparse.Namespace) -> int:
-    from baton.runtime.engine import decide
-
     edit: Any = args.edit
     if edit is not None:
         with contextlib.suppress(ValueError):
@@ -383,8 +390,6 @@ async def _cmd_approve(args: argparse.Namespace) -> int:
 
 
 async def _cmd_cancel(args: argparse.Namespace) -> int:
-    from baton.runtime.engine import Engine
-
     record = await Engine(store=args.store).cancel(args.run_id, force=args.force, reason=args.reason)
     if args.json:
         _print_json({"run_id": record.run_id, "status": record.status})
@@ -394,9 +399,6 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 async def _cmd_replay(args: argparse.Namespace) -> int:
-    from baton.api import load_recorded_file
-    from baton.runtime.engine import Engine
-
     result = await Engine(store=args.store, files=load_recorded_file).replay(args.run_id, _named_workflow(args))
     if args.json:
         _print_json({"run_id": args.run_id, "status": "replayed", "diverged": False, "output": result.output})
@@ -408,8 +410,6 @@ async def _cmd_replay(args: argparse.Namespace) -> int:
 async def _close(engine: Any) -> None:
     """Release model connections, the result cache and a Redis-shared governor."""
     with contextlib.suppress(Exception):
-        from baton.models.resolve import close_models
-
         await close_models()
     for part in (engine.cache, engine.governor):
         close = getattr(part, "close", None) or getattr(part, "aclose", None)
@@ -466,9 +466,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_parsers(sub)
     _add_inspect_parsers(sub)
     _add_control_parsers(sub)
-    from baton.cli.live import add_fork_parser
-
-    add_fork_parser(sub)  # baton fork RUN_ID --at STEP
+    add_fork_parser(sub, _cmd_fork)  # baton fork RUN_ID --at STEP
 
     from baton.server import add_serve_parser
 
@@ -489,8 +487,6 @@ def _store_options(sp: argparse.ArgumentParser) -> None:
 
 
 def _observe_options(sp: argparse.ArgumentParser) -> None:
-    from baton.settings import limit_arg
-
     sp.add_argument("--provider", help="anthropic | local | openai (default: $BATON_PROVIDER, then "
                                        "anthropic if ANTHROPIC_API_KEY is set, else local)")
     sp.add_argument("--log-jsonl", metavar="PATH", help="append every event as one JSON line")
@@ -518,8 +514,6 @@ def _add_run_parsers(sub: Any) -> None:
     r.add_argument("--run-id")
     _store_options(r)
     _observe_options(r)
-    from baton.cli.live import add_stream_option
-
     add_stream_option(r)
     r.set_defaults(fn=_cmd_run)
 
@@ -596,8 +590,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = bool(getattr(args, "json", False))
     try:
         if getattr(args, "run_id", None) is not None and args.command != "run":
-            from baton.runtime.ids import check_run_id
-
             check_run_id(args.run_id)
         code: int = asyncio.run(_main(args))
         return code
@@ -618,8 +610,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _main(args: argparse.Namespace) -> int:
     """The command, with SIGTERM handled like SIGINT: the run stops, is recorded ``interrupted``, exit 130."""
-    import signal
-
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     if getattr(args, "own_signals", False):  # baton serve shuts down gracefully on SIGTERM by itself

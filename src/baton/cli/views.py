@@ -8,6 +8,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from baton.masking import printable
 from baton.stores.base import RunRecord, StepRecord, Transition
 
 
@@ -125,8 +126,6 @@ def show_text(run: RunRecord, steps: list[StepRecord], transitions: list[Transit
 
 
 def runs_text(runs: list[RunRecord]) -> str:
-    from baton.masking import printable
-
     if not runs:
         return "no runs"
     lines = [f"{'RUN ID':<18} {'STATUS':<18} {'CALLS':>5} {'COST':>9}  CREATED              WORKFLOW"]

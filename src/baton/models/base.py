@@ -27,7 +27,7 @@ class Model(Protocol):
         ...
 
 
-def model_class(model_id: str) -> str:
+def model_family(model_id: str) -> str:
     """The rate-limit pool a model id belongs to (Anthropic pools Opus 4.x, Sonnet 4.x...)."""
     m = model_id.lower()
     for family in ("opus", "sonnet", "haiku"):

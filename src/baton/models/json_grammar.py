@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from baton.errors import UsageError
-from baton.schema import resolve_ref
+from baton.json_schema import resolve_ref
 
 JSON = dict[str, Any]
 

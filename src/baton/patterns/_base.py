@@ -10,17 +10,19 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from baton.agent import Agent
+from baton.agent import Agent, AgentResult, render_input
 from baton.context import RunContext
 from baton.errors import (
     BudgetExceeded,
+    CallFailed,
     DepthExceeded,
+    ReplayDivergence,
     RunOwnedElsewhere,
     RunSuspended,
     StoreError,
     UsageError,
 )
-from baton.schema import jsonable
+from baton.json_schema import jsonable
 
 __all__ = ["CallFailed", "Target", "as_text", "check_distinct_names", "describe", "invoke", "is_fatal", "jsonable",
            "labelled", "name_key", "output_of", "own_scope", "resolve_name", "safe_label", "target_name"]
@@ -36,8 +38,6 @@ def target_name(target: Target) -> str:
 
 def output_of(value: Any) -> Any:
     """Plain output of an AgentResult or a nested workflow's result."""
-    from baton.agent import AgentResult
-
     return value.output if isinstance(value, AgentResult) else value
 
 
@@ -56,8 +56,6 @@ async def _agent(call: Awaitable[Any]) -> Any:
 
 
 def as_text(value: Any) -> str:
-    from baton.agent import render_input
-
     return render_input(value)
 
 
@@ -71,8 +69,6 @@ def is_fatal(exc: BaseException) -> bool:
     Budgets, depth, approvals, store trouble, replay divergence and cancellation are
     never swallowed by a fallback, a best-effort fan-out or a pipeline's wrapping.
     """
-    from baton.errors import ReplayDivergence
-
     return not isinstance(exc, Exception) or isinstance(exc, (*_FATAL, ReplayDivergence))
 
 
@@ -126,14 +122,6 @@ def describe(target: Target) -> str:
     """A target's description, for prompts that list choices."""
     desc = target.description if isinstance(target, Agent) else getattr(target, "description", "")
     return str(desc or "")
-
-
-class CallFailed(Exception):
-    """One of several concurrent calls failed; ``label`` says which."""
-
-    def __init__(self, label: str, error: Exception) -> None:
-        super().__init__(label)
-        self.label, self.error = label, error
 
 
 async def labelled(label: str, call: Awaitable[Any]) -> Any:

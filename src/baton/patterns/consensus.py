@@ -18,10 +18,10 @@ from typing import Any, Literal
 from baton.agent import Agent
 from baton.context import RunContext
 from baton.errors import StepFailed, UsageError
+from baton.json_schema import validation_errors
 from baton.observe import events as ev
 from baton.patterns._base import Target, as_text, invoke, is_fatal, output_of, target_name
 from baton.patterns._settings import ConsensusSettings
-from baton.schema import validation_errors
 from baton.settings import check_settings, declared
 
 RESULT_EVENT = ev.CONSENSUS_RESULT

@@ -1,8 +1,8 @@
 """Handoffs: agents pass control to a named peer through a ``transfer_to_<peer>`` tool.
 
 Each agent gets one tool per peer with input ``{"asked", "found", "next"}``. When it
-calls one (with valid input), its turn ends at once, with no further model call, and the pattern records an immutable ``Handoff`` snapshot
-(``ctx.handoff``); the peer then runs one level deeper, reading the original request
+calls one (with valid input), its turn ends at once, with no further model call, and the pattern records an immutable ``HandoffNote``
+(``ctx.record_handoff``); the peer then runs one level deeper, reading the original request
 and the rendered snapshot (its tools see the snapshot as ``ctx.state``). The agent
 that answers without handing off gives the output. The result is
 ``{"output": ..., "chain": [agent, ...], "handoffs": [snapshot, ...]}``.
@@ -107,7 +107,7 @@ class Handoffs:
                 raise DepthExceeded(f"handoffs {self.name!r}: handing off to {peer!r} would run it at depth "
                                     f"{scope.depth + 2}, over the limit of {scope.max_depth}: "
                                     + " > ".join([*chain, peer]), chain=[*chain, peer])
-            snapshot = await scope.handoff(current, peer, asked=transfer["asked"], found=transfer["found"],
+            snapshot = await scope.record_handoff(current, peer, asked=transfer["asked"], found=transfer["found"],
                                            next=transfer["next"])
             snapshots.append(snapshot.to_dict())
             scope = scope.child(safe_label(peer), state=snapshot)  # one level deeper: the depth limit applies

@@ -1,6 +1,6 @@
 """Pipeline: stages run one after another, each handing an explicit snapshot to the next.
 
-Between stages the pipeline records an immutable ``Handoff`` (what was asked, what the
+Between stages the pipeline records an immutable ``HandoffNote`` (what was asked, what the
 stage produced, what comes next). An agent stage reads the previous output followed
 by the handoff; a nested workflow stage gets the previous output unchanged (so a
 fan-out over JSON still parses it) and the handoff as ``ctx.state``. A stage's gate
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from baton.agent import Agent
-from baton.context import Handoff, RunContext
+from baton.context import HandoffNote, RunContext
 from baton.errors import StepFailed, UsageError
 from baton.patterns._base import Target, as_text, describe, invoke, is_fatal, jsonable, target_name
 from baton.patterns.gates import Gate
@@ -49,7 +49,7 @@ class Pipeline:
     async def __call__(self, ctx: RunContext, input: Any) -> Any:
         stages = self._stages
         value: Any = input
-        handoff: Handoff | None = None
+        handoff: HandoffNote | None = None
         for i, stage in enumerate(stages):
             where = f"pipeline {self.name!r}: stage {i + 1} of {len(stages)} ({stage.label})"
             stage_input = value if handoff is None else self._stage_input(stage, value, handoff)
@@ -74,13 +74,13 @@ class Pipeline:
             if i + 1 < len(stages):
                 nxt = stages[i + 1]
                 what = describe(nxt.target)
-                handoff = await ctx.handoff(
+                handoff = await ctx.record_handoff(
                     stage.label, nxt.label, asked=as_text(input), found={"output": jsonable(value)},
                     next=f"stage {i + 2} of {len(stages)}: {nxt.label}" + (f" ({what})" if what else ""))
         return value
 
     @staticmethod
-    def _stage_input(stage: Stage, value: Any, handoff: Handoff) -> Any:
+    def _stage_input(stage: Stage, value: Any, handoff: HandoffNote) -> Any:
         if not isinstance(stage.target, Agent):
             return value
         # The output is shown once, as text; the rendered handoff carries the rest.

@@ -20,10 +20,10 @@ from typing import Any
 from baton.agent import Agent
 from baton.context import RunContext
 from baton.errors import StepFailed, UsageError
+from baton.json_schema import validation_errors
 from baton.observe import events as ev
 from baton.patterns._base import CallFailed, Target, as_text, invoke, labelled, target_name
 from baton.patterns._settings import RefineSettings
-from baton.schema import validation_errors
 from baton.settings import check_settings, declared
 
 ROUND_EVENT = ev.REFINE_ROUND

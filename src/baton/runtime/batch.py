@@ -35,9 +35,9 @@ from baton.observe.events import new_id
 from baton.stores.base import StepRecord
 
 if TYPE_CHECKING:
-    from baton.context import RunContext
     from baton.messages import ModelResponse
-    from baton.runtime.calls import Runtime, _Call
+    from baton.runtime.layers import ModelCall as _Call
+    from baton.runtime.services import RunServices
 
 __all__ = ["BatchDesk", "BatchOptions", "cancel_batches", "custom_id", "supports_batches"]
 
@@ -98,7 +98,7 @@ class _Group:
 class BatchDesk:
     """One run's batch traffic: collects requests, submits, journals tickets, polls and collects."""
 
-    def __init__(self, runtime: Runtime, options: BatchOptions | None = None) -> None:
+    def __init__(self, runtime: RunServices, options: BatchOptions | None = None) -> None:
         self.rt = runtime
         self.options = options or BatchOptions()
         self._groups: dict[int, _Group] = {}
@@ -111,7 +111,7 @@ class BatchDesk:
         batch holding it was already submitted (a resumed run collects it, whatever the agent says now)."""
         if self._ticket(call) is not None:
             return True
-        return bool(getattr(call.agent, "batch", False)) and supports_batches(call.binding.model)
+        return bool(getattr(call.site, "batch", False)) and supports_batches(call.binding.model)
 
     def _ticket(self, call: _Call) -> tuple[str, str] | None:
         """``(batch_id, custom_id)`` journaled for this call's step, if its batch was submitted."""
@@ -125,11 +125,11 @@ class BatchDesk:
         bid, cid = batch.get("id"), batch.get("custom_id")
         return (bid, cid) if isinstance(bid, str) and isinstance(cid, str) else None
 
-    async def send(self, ctx: RunContext, call: _Call, span: str, attempt: int) -> ModelResponse:
+    async def send(self, call: _Call) -> ModelResponse:
         """The response to ``call`` from its batch (submitting it first unless it already was)."""
         ticket = self._ticket(call)
         if ticket is None:
-            ticket = await self._enqueue(ctx, call, span, attempt)
+            ticket = await self._enqueue(call)
         batch_id, cid = ticket
         call.batch_id = batch_id
         outcomes = await self._wait(call.binding.model, batch_id)
@@ -143,7 +143,7 @@ class BatchDesk:
 
     # --- collecting and submitting ---------------------------------------------------------
 
-    def _enqueue(self, ctx: RunContext, call: _Call, span: str, attempt: int) -> asyncio.Future[tuple[str, str]]:
+    def _enqueue(self, call: _Call) -> asyncio.Future[tuple[str, str]]:
         loop = asyncio.get_running_loop()
         model = call.binding.model
         group = self._groups.get(id(model))
@@ -152,9 +152,9 @@ class BatchDesk:
         waiting = _Waiting(call, loop.create_future())
         group.items.append(waiting)
         if self.rt.events.active:
-            self.rt.emit(ev.MODEL_REQUEST, span, ctx.span_id, {
-                "agent": call.agent.name, "model": call.model_id, "key": call.key, "provider": model.provider,
-                "prompt_version": call.agent.prompt_version, "attempt": attempt, "max_tokens": call.wire.max_tokens,
+            self.rt.emit(ev.MODEL_REQUEST, call.span, call.scope.span_id, {
+                "agent": call.site.name, "model": call.model_id, "key": call.key, "provider": model.provider,
+                "prompt_version": call.site.prompt_version, "attempt": call.attempt, "max_tokens": call.wire.max_tokens,
                 "batch": True})
         if group.timer is not None:
             group.timer.cancel()
@@ -210,11 +210,11 @@ class BatchDesk:
             await asyncio.wait(set(self._tasks), timeout=grace_s)
 
     def _started(self, call: _Call, batch_id: str, cid: str) -> StepRecord:
-        meta: dict[str, Any] = {"model": call.model_id, "prompt_version": call.agent.prompt_version,
+        meta: dict[str, Any] = {"model": call.model_id, "prompt_version": call.site.prompt_version,
                                 "batch": {"id": batch_id, "custom_id": cid}}
         if call.fingerprint is not None:
             meta["request"] = call.fingerprint
-        return StepRecord(self.rt.run_id, call.key, "model", call.agent.name, "started",
+        return StepRecord(self.rt.run_id, call.key, "model", call.site.name, "started",
                           started_at=call.started, meta=meta)
 
     # --- waiting and collecting --------------------------------------------------------------

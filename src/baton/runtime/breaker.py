@@ -15,9 +15,11 @@ One breaker per model endpoint or tool, created on first use by a ``BreakerRegis
 Only failures that say the target is unhealthy should be recorded (``counts_as_failure``):
 a 400 is the caller's fault and says nothing about the endpoint.
 
-After ``allow()`` returned True the caller reports exactly one of ``record_success``,
-``record_failure`` or ``release`` (no verdict: cancelled, or an error that does not count),
-so a half-open probe slot is never lost. Not thread-safe: one event loop owns it.
+Callers (the model and the tool call paths alike) ask with ``check()``, which raises
+``CircuitOpenError`` saying when the target will be probed again (``allow()`` is the bare
+yes/no under it). After a call was let through the caller reports exactly one of
+``record_success``, ``record_failure`` or ``release`` (no verdict: cancelled, or an error
+that does not count), so a half-open probe slot is never lost. Not thread-safe: one event loop owns it.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ estimation error of one call.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
@@ -61,11 +62,15 @@ class Reservation:
     usd: float
 
 
+OnCheck = Callable[[str, float, "float | None", bool], None]
+"""``(limit, spent, allowed, ok)``: a budget check's outcome."""
+
+
 class BudgetTracker:
     """Spent and reserved amounts of one run. Not thread-safe: one event loop owns it."""
 
     def __init__(self, limits: Limits, *, spent: Usage | None = None, spent_usd: float = 0.0,
-                 model_calls: int = 0, on_check: Any = None) -> None:
+                 model_calls: int = 0, on_check: OnCheck | None = None) -> None:
         self.limits = limits
         self.usage = spent or Usage()
         self.cost_usd = spent_usd
@@ -76,7 +81,9 @@ class BudgetTracker:
         self._reserved_out = 0
         self._reserved_calls = 0
         self._started = time.monotonic()
-        self._on_check = on_check
+        self.on_check = on_check
+        """Called as ``on_check(limit, spent, allowed, ok)`` at each check (the runtime reports
+        the failing ones as ``budget.check`` events)."""
 
     @property
     def deadline(self) -> float | None:
@@ -86,8 +93,8 @@ class BudgetTracker:
               need: float = 0.0) -> BudgetExceeded:
         """The error for a call that was not sent: what is spent, what calls in flight hold, and
         this call's worst case (a reservation, not a measurement)."""
-        if self._on_check:
-            self._on_check(limit, spent + reserved + need, allowed, False)
+        if self.on_check:
+            self.on_check(limit, spent + reserved + need, allowed, False)
         done = f"{self.model_calls} finished call{'s' if self.model_calls != 1 else ''}"
         flight = f", {reserved:g} reserved by calls in flight" if reserved else ""
         if limit == "model_calls":
@@ -128,8 +135,8 @@ class BudgetTracker:
         self._reserved_in += est_in
         self._reserved_out += max_tokens
         self._reserved_calls += 1
-        if self._on_check:
-            self._on_check("usd", self.cost_usd + self._reserved_usd, lim.budget_usd, True)
+        if self.on_check:
+            self.on_check("usd", self.cost_usd + self._reserved_usd, lim.budget_usd, True)
         return Reservation(model, est_in, max_tokens, usd)
 
     def release(self, r: Reservation) -> None:

@@ -24,16 +24,18 @@ from baton.errors import (
     RunSuspended,
     UsageError,
 )
+from baton.json_schema import jsonable
 from baton.messages import Usage
 from baton.observe import events as ev
 from baton.observe.events import EventStream, Sink, new_id
 from baton.runtime.breaker import BreakerRegistry
 from baton.runtime.budget import BudgetTracker, Limits
-from baton.runtime.calls import ModelBinding, Runtime
 from baton.runtime.ids import check_run_id
-from baton.runtime.journal import Journal
+from baton.runtime.journal import Journal, decision_key
 from baton.runtime.ownership import HEARTBEAT_S, LEASE_S, describe, new_owner, owner_is_dead
 from baton.runtime.retry import RetryPolicy
+from baton.runtime.runtime import Runtime
+from baton.runtime.services import ModelBinding
 from baton.runtime.workflows import SHA_KEY, FileLoader, check_signature, for_record, workflow_ref
 from baton.stores import open_store
 from baton.stores.base import Owner, RunRecord, StepRecord, Store, displaced
@@ -42,6 +44,17 @@ if TYPE_CHECKING:  # the governor module loads on first run, not on ``import bat
     from baton.runtime.ratelimit import RateGovernor
 
 Workflow = Callable[..., Awaitable[Any]]
+ScopeFactory = Callable[[Runtime, Any], Any]
+"""``(runtime, input) -> the context a workflow is called with`` (``baton.RunContext``)."""
+
+_default_scope: ScopeFactory | None = None
+
+
+def set_default_scope(factory: ScopeFactory) -> None:
+    """Register the context type workflows get (``baton.context`` registers ``RunContext``
+    when it is imported: the runtime does not import the layer above it)."""
+    global _default_scope
+    _default_scope = factory
 
 __all__ = ["Engine", "RunResult", "Workflow", "decide", "shared_governor", "workflow_ref"]
 
@@ -98,11 +111,9 @@ async def _with_wall_time(work: Awaitable[Any], timeout_s: float | None) -> Any:
 
 
 def _json_output(value: Any) -> Any:
-    from baton.agent import AgentResult
-    from baton.schema import jsonable
-
-    if isinstance(value, AgentResult):
-        return value.output_json()
+    as_json = getattr(value, "output_json", None)  # an AgentResult: its output as journaled
+    if callable(as_json):
+        return as_json()
     return jsonable(value)
 
 
@@ -118,7 +129,7 @@ def _status_for(exc: BaseException) -> str:
 
 def _error_dict(exc: BaseException) -> dict[str, Any]:
     """The error a run records and returns; URL credentials in it are masked (it is shown and stored)."""
-    from baton.masking import mask_in
+    from baton.masking import mask_in  # deferred: error paths only
 
     if isinstance(exc, BatonError):
         return mask_in(exc.to_dict())  # type: ignore[return-value]
@@ -174,8 +185,6 @@ class Engine:
     breakers: BreakerRegistry | None = None
     cache: Any = None
     cache_ttl_s: float | None = None
-    durable: bool = True
-    """False: keep no journal (benchmarks of the bare call path)."""
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     files: FileLoader | None = None
     """Loads the workflow file a run names (with its recorded hash) when resume/replay get no workflow."""
@@ -183,6 +192,16 @@ class Engine:
     """``baton.runtime.batch.BatchOptions`` for batch-mode calls (e.g. ``detach=True``); None: defaults."""
     router: Any = None
     """A ``baton.runtime.routing.ModelRouter`` for ``model: auto`` (else the workflow's ``router``, else defaults)."""
+
+    scope: ScopeFactory | None = None
+    """Builds the context a workflow is called with from the run's runtime and input (default:
+    ``baton.RunContext``, which registers itself with ``set_default_scope``)."""
+
+    def _root_scope(self, runtime: Runtime, input: Any) -> Any:
+        factory = self.scope or _default_scope
+        if factory is None:
+            raise UsageError("no run context type is registered: import baton (or pass Engine(scope=...))")
+        return factory(runtime, input)
 
     def _binder(self, opened: list[Any]) -> Callable[[str], ModelBinding]:
         """Model ids -> bindings; adapters taken from the provider are listed in ``opened`` to be released."""
@@ -210,6 +229,10 @@ class Engine:
             return b
 
         return bind
+
+    def _new_journal(self, store: Store, run_id: str, owner_token: str) -> Journal | None:
+        """The run's journal. Benchmarks of the bare call path override this to keep none."""
+        return Journal(store, run_id, owner_token)
 
     async def _store(self) -> Store:
         store = self.store if self.store is not None and not isinstance(self.store, str) else open_store(self.store)
@@ -313,10 +336,9 @@ class Engine:
             limits = Limits.from_dict(record.limits)
             runtime = Runtime(run_id, None, BudgetTracker(limits), EventStream(), no_models, replay_only=True)
             runtime.journal = _ReadOnlyJournal(journal)
-            from baton.context import RunContext
-
             t0 = time.monotonic()
-            output = _json_output(await _call_workflow(workflow, RunContext(runtime, input=record.input), record.input))
+            output = _json_output(await _call_workflow(workflow, self._root_scope(runtime, record.input),
+                                                       record.input))
             if record.status == "succeeded" and output != record.output:
                 raise ReplayDivergence(f"replay of run {run_id} produced a different output than the recorded one")
             return RunResult(run_id, "replayed", output, duration_s=time.monotonic() - t0)
@@ -361,10 +383,8 @@ class Engine:
 
     async def _execute_bound(self, store: Store, record: RunRecord, workflow: Workflow, limits: Limits,
                              *, force: bool, opened: list[Any]) -> RunResult:
-        from baton.context import RunContext
-
         owner = await self._claim(store, record, force)
-        journal = Journal(store, record.run_id, owner.token) if self.durable else None
+        journal = self._new_journal(store, record.run_id, owner.token)
         runtime = await self._new_runtime(record, workflow, limits, journal, opened)
         events = runtime.events
         record.status = "running"
@@ -373,7 +393,7 @@ class Engine:
                                owner_token=owner.token)
         runtime.emit(ev.RUN_START, runtime.run_span, None, {"workflow": record.workflow, "run_id": record.run_id})
         t0 = time.monotonic()
-        ctx = RunContext(runtime, input=record.input)
+        ctx = self._root_scope(runtime, record.input)
         work = asyncio.ensure_future(runtime.scoped(_with_wall_time(_call_workflow(workflow, ctx, record.input), limits.timeout_s)))
         lost = False
 
@@ -443,9 +463,6 @@ class Engine:
             runtime.router = router
         tenant = record.metadata.get("tenant")
         runtime.tenant = tenant if isinstance(tenant, str) and tenant else None
-        runtime.budget._on_check = lambda limit, spent_, allowed, ok: runtime.emit(
-            ev.BUDGET_CHECK, new_id(), runtime.run_span, {"limit": limit, "spent": spent_, "allowed": allowed, "ok": ok}
-        ) if not ok else None
         return runtime
 
     async def _record_end(self, store: Store, record: RunRecord, runtime: Runtime, owner_token: str, status: str,
@@ -520,7 +537,7 @@ def waiting_steps(steps: list[StepRecord]) -> dict[str, StepRecord | None]:
         if s.kind == "approval" and s.status == "started":
             out[s.key] = s
         elif s.kind == "tool" and s.status == "started" and s.meta.get("idempotent") is False and s.attempts:
-            dkey = f"{s.key}#decision" if s.attempts == 1 else f"{s.key}#decision-{s.attempts}"
+            dkey = decision_key(s.key, s.attempts)
             done = by_key.get(dkey)
             if done is None or done.status != "completed":
                 out[dkey] = None

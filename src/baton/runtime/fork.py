@@ -9,6 +9,7 @@ executes. The parent is never written to.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -83,8 +84,6 @@ def _edited_answer(answer: dict[str, Any], edit: str) -> dict[str, Any]:
 
 
 def _json_or_text(text: str) -> Any:
-    import json
-
     try:
         return json.loads(text)
     except ValueError:

@@ -17,7 +17,7 @@ def check_run_id(run_id: object, *, source: str = "run id") -> str:
         return run_id
     if not isinstance(run_id, str):
         raise UsageError(f"{source} must be a string, not {type(run_id).__name__}")
-    from baton.masking import printable
+    from baton.masking import printable  # deferred: error paths only, not on `import baton`
 
     shown = printable(run_id[:40], keep_newlines=False) + ("..." if len(run_id) > 40 else "")
     raise UsageError(f"invalid {source} '{shown}' ({len(run_id)} characters): use 1-128 letters, digits "

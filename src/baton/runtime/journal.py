@@ -74,3 +74,9 @@ class Journal:
         """Wait until everything committed so far is durable."""
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
+
+
+def decision_key(key: str, crashes: int) -> str:
+    """The journal key of the human decision to re-run the tool call at ``key`` after its
+    ``crashes``-th crash while in flight (each crash needs its own decision)."""
+    return f"{key}#decision" if crashes == 1 else f"{key}#decision-{crashes}"

@@ -31,15 +31,15 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from baton.errors import UsageError
-from baton.models.base import model_class
+from baton.models.base import model_family
+from baton.runtime.protocols import Priority
 from baton.settings import Settings, setting
 
 logger = logging.getLogger(__name__)
 
-Priority = Literal["high", "normal", "low"]
 _RANK: dict[str, int] = {"high": 0, "normal": 1, "low": 2}
 
 DIMENSIONS = ("rpm", "itpm", "otpm")
@@ -177,7 +177,7 @@ class RateGovernor:
 
     def pool_key(self, model: str) -> str:
         """The pool a model draws on: its exact id if configured, else its model class."""
-        return model if model in self._limits else model_class(model)
+        return model if model in self._limits else model_family(model)
 
     # -- the hot path --------------------------------------------------------------------
 
@@ -266,7 +266,7 @@ class RateGovernor:
         """After a 429: release nobody of this model class until ``retry_after_s`` has passed."""
         if not retry_after_s or retry_after_s <= 0 or not math.isfinite(retry_after_s):
             return
-        cls = model_class(model)
+        cls = model_family(model)
         until = self._clock() + retry_after_s
         self._penalties[cls] = max(self._penalties.get(cls, until), until)
 
@@ -293,7 +293,7 @@ class RateGovernor:
         return pool
 
     def _penalty_wait(self, model: str, now: float) -> float:
-        until = self._penalties.get(model_class(model))
+        until = self._penalties.get(model_family(model))
         return 0.0 if until is None else max(0.0, until - now)
 
     def _local_wait(self, pool: _Pool, model: str, amounts: Amounts, now: float) -> float:

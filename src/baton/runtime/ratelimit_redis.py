@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from baton.errors import StoreError
-from baton.models.base import model_class
+from baton.models.base import model_family
 from baton.runtime.ratelimit import (
     _EPS_S,
     DEFAULT_BURST_S,
@@ -154,7 +154,7 @@ class RedisRateGovernor(RateGovernor):
         return f"{self.key_prefix}{pool.key}:{dim}"
 
     def _penalty_key(self, model: str) -> str:
-        return f"{self.key_prefix}penalty:{model_class(model)}"
+        return f"{self.key_prefix}penalty:{model_family(model)}"
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         try:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from baton.errors import ProviderError, ProviderTimeout, ToolError
 from baton.settings import Settings, setting
@@ -100,3 +101,29 @@ class RetryPolicy(Settings):
             if current + delay > deadline:
                 return None
         return delay
+
+
+T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
+
+
+async def retrying(attempt: Callable[[int], Awaitable[T]], delay: Callable[[int, E], float | None], *,
+                   retry_on: type[E], sleep: Callable[[float], Awaitable[Any]],
+                   on_retry: Callable[[int, float, E], None]) -> T:
+    """The one retry loop, for model and tool calls alike.
+
+    Calls ``attempt(n)`` for n = 1, 2, ...; when it raises ``retry_on``, ``delay(n, exc)`` says
+    how long to wait before the next one (None: give up and re-raise). ``on_retry`` hears each
+    retry before the wait (it emits the ``retry`` event). Anything else propagates at once.
+    """
+    n = 0
+    while True:
+        n += 1
+        try:
+            return await attempt(n)
+        except retry_on as exc:
+            wait = delay(n, exc)
+            if wait is None:
+                raise
+            on_retry(n, wait, exc)
+            await sleep(wait)

@@ -15,14 +15,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from baton.errors import WorkflowError
+from baton.messages import Message, ModelRequest
 from baton.observe import events as ev
 from baton.observe.events import new_id
-
-if TYPE_CHECKING:
-    from baton.messages import ModelRequest
 
 AUTO = "auto"
 
@@ -127,12 +125,13 @@ def route_key(key: str) -> str:
     return f"{head if sep else key}/route"
 
 
-async def route(runtime: Any, ctx: Any, agent: Any, key: str, request: ModelRequest) -> str:
-    """The model for a model turn of an ``auto`` agent (``runtime`` is the run's ``Runtime``).
+async def route(calls: Any, scope: Any, agent: Any, key: str, request: ModelRequest) -> str:
+    """The model for a model turn of an ``auto`` agent (``calls`` is the run's ``ModelCalls``).
 
     With ``assess``, the first turn of each agent call asks the assessor (journaled under
     ``route_key(key)``); its later turns, and a resumed run, reuse that answer.
     """
+    runtime = calls.run
     router: ModelRouter = runtime.router
     text = request.messages[0].text if request.messages else ""
     if not router.assess or agent.task_type in router.by_task:
@@ -141,20 +140,17 @@ async def route(runtime: Any, ctx: Any, agent: Any, key: str, request: ModelRequ
     chosen: str | None = runtime.routes.get(rkey)
     if chosen is not None:
         return chosen
-    from baton.messages import Message
-    from baton.messages import ModelRequest as Request
-
     assessor = agent.with_(name=f"{agent.name}.route", model=router.assessor, system=ASSESS_SYSTEM, tools=[],
                            output=None, max_tokens=ASSESS_MAX_TOKENS, temperature=0.0, batch=False,
                            cache_prompt=False, fallback_models=[], task_type=None, sections=None, tool_choice=None)
-    ask = Request(model=router.assessor, messages=[Message.user(_excerpt(text))], system=ASSESS_SYSTEM,
+    ask = ModelRequest(model=router.assessor, messages=[Message.user(_excerpt(text))], system=ASSESS_SYSTEM,
                   max_tokens=ASSESS_MAX_TOKENS, temperature=0.0)
-    response, _cost = await runtime.model_call(ctx, assessor, rkey, ask)
+    response, _cost = await calls.call(scope, assessor, rkey, ask)
     score = parse_score(response.text)
     tier = router.tier_of(score, assessed=True) if score is not None else None
     chosen = router.model_of(tier) if tier is not None else router.choose(None, text)  # no number: the heuristic
     runtime.routes[rkey] = chosen
-    runtime.emit(ev.MODEL_ROUTED, new_id(), ctx.span_id, {
+    runtime.emit(ev.MODEL_ROUTED, new_id(), scope.span_id, {
         "agent": agent.name, "key": rkey, "score": score, "tier": tier or "heuristic", "model": chosen,
         "assessor": router.assessor})
     return chosen

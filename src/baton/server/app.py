@@ -9,7 +9,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -17,10 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response, StreamingResponse
 
-from baton.errors import BatonError, UsageError
-from baton.observe.redact import Capture
-from baton.schema import resolve_ref
-from baton.server.config import TenantLimits, webhook_secret, webhook_tenant
+from baton.errors import BatonError, Conflict, UsageError
+from baton.json_schema import resolve_ref
+from baton.server.config import ServeConfig, webhook_secret, webhook_tenant
 from baton.server.http import AccessLog, ApiError, BodyLimit, error_response
 from baton.server.models import ERRORS, RETRIED, Accepted, Decision, RunIn
 from baton.server.registry import InputInvalid, Registered, check_input
@@ -29,23 +27,6 @@ from baton.server.views import run_view, summary_view
 
 log = logging.getLogger("baton.server")
 M = TypeVar("M", bound=BaseModel)
-
-
-@dataclass
-class ServeConfig:
-    store_url: str | None
-    workflows_dir: str
-    keys: dict[str, str]
-    max_runs: int = 8
-    tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)
-    queue_url: str | None = None
-    provider: str | None = None
-    max_body_bytes: int = 1_000_000
-    sweep_s: float = 15.0
-    webhook_window_s: float = 300.0
-    access_log: bool = True
-    ui_capture: Capture = "full"
-    """How much step content the web UI shows (redacted as in logs): none, metadata or full."""
 
 
 def _tenant(request: Request, svc: Service) -> str:
@@ -142,7 +123,6 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(BatonError)
     async def baton_error(request: Request, exc: BatonError) -> Response:
         from baton.observe.redact import redact_text
-        from baton.server.runs import Conflict
 
         if isinstance(exc, Conflict):
             return error_response(409, "conflict", str(exc))

@@ -8,11 +8,12 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from baton.errors import UsageError
+from baton.observe.redact import Capture
 
 
 def parse_keys(text: str, *, source: str) -> dict[str, str]:
@@ -102,3 +103,22 @@ def webhook_secret(workflow: str) -> bytes | None:
 def webhook_tenant(workflow: str) -> str:
     """The tenant a webhook's runs belong to: ``BATON_WEBHOOK_TENANT_<NAME>``, else ``webhooks``."""
     return os.environ.get(f"BATON_WEBHOOK_TENANT_{_env_name(workflow)}") or "webhooks"
+
+
+@dataclass
+class ServeConfig:
+    """What ``baton serve`` was started with."""
+
+    store_url: str | None
+    workflows_dir: str
+    keys: dict[str, str]
+    max_runs: int = 8
+    tenant_limits: dict[str, TenantLimits] = field(default_factory=dict)
+    queue_url: str | None = None
+    provider: str | None = None
+    max_body_bytes: int = 1_000_000
+    sweep_s: float = 15.0
+    webhook_window_s: float = 300.0
+    access_log: bool = True
+    ui_capture: Capture = "full"
+    """How much step content the web UI shows (redacted as in logs): none, metadata or full."""

@@ -12,8 +12,7 @@ from baton.errors import UsageError
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from baton.server.app import ServeConfig
-    from baton.server.config import load_keys, load_tenant_limits
+    from baton.server.config import ServeConfig, load_keys, load_tenant_limits
 
     if args.max_runs < 1:
         raise UsageError("--max-runs must be at least 1")

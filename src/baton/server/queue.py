@@ -17,14 +17,27 @@ import json
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from baton.errors import BatonError, UsageError
-from baton.server.registry import InputInvalid, check_input
+from baton.errors import BatonError, Conflict, UsageError
+from baton.server.metrics import ServerMetrics
+from baton.server.registry import InputInvalid, Registered, check_input
+from baton.server.runs import RunManager
 
-if TYPE_CHECKING:
-    from baton.server.state import Service
+
+class IntakeService(Protocol):
+    """What the queue consumer needs from the service (``server.state.Service``)."""
+
+    @property
+    def runs(self) -> RunManager: ...
+
+    @property
+    def metrics(self) -> ServerMetrics: ...
+
+    @property
+    def registry(self) -> Mapping[str, Registered]: ...
 
 log = logging.getLogger("baton.server.queue")
 
@@ -62,7 +75,7 @@ def decode(fields: dict[str, str]) -> dict[str, Any]:
 
 
 class QueueConsumer:
-    def __init__(self, url: str, svc: Service) -> None:
+    def __init__(self, url: str, svc: IntakeService) -> None:
         self.url, self.stream, self.group, self.dead, self.claim_idle_ms = parse_queue_url(url)
         self.svc = svc
         self.consumer = f"{socket.gethostname()}-{os.getpid()}"
@@ -123,8 +136,6 @@ class QueueConsumer:
             self.svc.metrics.intake.labels("queue").inc()
 
     async def _store(self, msg_id: str, fields: dict[str, str]) -> tuple[Any, bool]:
-        from baton.server.runs import Conflict
-
         msg = decode(fields)
         name = msg.get("workflow")
         reg = self.svc.registry.get(name) if isinstance(name, str) else None

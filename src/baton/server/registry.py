@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from baton.errors import UsageError, WorkflowError
 
 
@@ -74,8 +76,6 @@ def load_registry(folder: str) -> dict[str, Registered]:
 def check_input(reg: Registered, value: Any) -> None:
     """Raise ``InputInvalid`` naming the first field that breaks the schema, or when the store
     could not keep the value (integers beyond 64 bits, lone surrogates)."""
-    import orjson
-
     try:
         orjson.dumps(value)
     except orjson.JSONEncodeError as exc:

@@ -17,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from baton.errors import BatonError, RunNotFound, RunOwnedElsewhere, UsageError
+from baton.errors import BatonError, Conflict, RunNotFound, RunOwnedElsewhere, UsageError
 from baton.runtime.budget import Limits
 from baton.runtime.engine import Engine, decide, workflow_ref
 from baton.runtime.ownership import owner_is_dead
@@ -30,10 +30,6 @@ ACTIVE = frozenset({"pending", "running"})
 RECOVERABLE = frozenset({"pending", "running", "interrupted"})
 RESUMABLE_HERE = frozenset({"interrupted", "failed", "budget_exceeded"})
 SCAN_LIMIT = 5000
-
-
-class Conflict(BatonError):
-    """The run is not in a state that allows this (cancel a finished run, approve a step not waiting)."""
 
 
 def lowered(base: Limits, requested: dict[str, Any] | None) -> Limits:

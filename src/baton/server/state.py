@@ -11,17 +11,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from baton.models.resolve import close_models, provider_and_reason
 from baton.observe.events import new_id
+from baton.runtime.engine import Engine
 from baton.server.http import ApiError
 from baton.server.live import LiveEvents
 from baton.server.metrics import ServerMetrics
 from baton.server.runs import ACTIVE, RunManager
+from baton.stores import open_store, store_url_from_env
 from baton.stores.base import TERMINAL_STATUSES, RunRecord
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from baton.server.app import ServeConfig
+    from baton.server.config import ServeConfig
 
 log = logging.getLogger("baton.server")
 KEEPALIVE_S = 15.0
@@ -32,7 +35,6 @@ POOL = 4
 class Service:
     def __init__(self, config: ServeConfig) -> None:
         from baton.server.registry import load_registry
-        from baton.stores import open_store
 
         self.config = config
         self.registry = load_registry(config.workflows_dir)
@@ -48,10 +50,6 @@ class Service:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        from baton.models.resolve import provider_and_reason
-        from baton.runtime.engine import Engine
-        from baton.stores import open_store, store_url_from_env
-
         await self.store.open()
         provider, _ = provider_and_reason(self.config.provider)
         sinks: list[Any] = [self.live, self.metrics.sink]
@@ -95,8 +93,6 @@ class Service:
         if self.runs is not None:
             await self.runs.stop()
         with contextlib.suppress(Exception):
-            from baton.models.resolve import close_models
-
             await close_models()
         for extra in self._extra_stores:
             with contextlib.suppress(Exception):

@@ -18,7 +18,11 @@ from typing import Any
 
 from baton.agent import Agent
 from baton.errors import BatonError, UsageError, WorkflowError
+from baton.json_schema import check_schema
+from baton.memory import memory_tools
+from baton.runtime.breaker import BreakerSettings
 from baton.runtime.budget import Limits
+from baton.runtime.retry import RetryPolicy
 from baton.spec.loader import MAX_FILE_BYTES, Located, Path, decode_text, dotted, load_yaml
 from baton.spec.schema import SCHEMA
 from baton.tools import Tool, tool
@@ -164,8 +168,6 @@ class _Builder:
                 self.problem(("tools", name, "python"), f"cannot build a tool from {cfg['python']!r}: {exc}")
 
     def build_agents(self) -> None:
-        from baton.runtime.retry import RetryPolicy
-
         defaults = dict(self.data.get("defaults") or {})
         for name, cfg in (self.data.get("agents") or {}).items():
             merged = {**defaults, **cfg}
@@ -186,14 +188,10 @@ class _Builder:
                     self.problem(("agents", name, "knowledge", i), f"agent {name!r} uses unknown knowledge base {kb!r}")
             memory = merged.pop("memory", None)
             if memory is not None:
-                from baton.memory import memory_tools
-
                 tools.extend(memory_tools(memory))
             retry = merged.pop("retry", None)
             try:
                 if "output" in merged:
-                    from baton.schema import check_schema
-
                     bad = check_schema(merged["output"])
                     if bad:
                         self.problem(("agents", name, "output"), f"invalid JSON Schema: {bad[0]}")
@@ -416,9 +414,7 @@ def _summary(problems: Problems) -> str:
 
 
 def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
-    from baton.runtime.breaker import BreakerSettings
     from baton.runtime.ratelimit import RateLimits
-    from baton.runtime.retry import RetryPolicy
 
     if not isinstance(doc.data, dict):
         raise WorkflowError("a workflow file must be a mapping with version, name, agents and workflow",

@@ -27,6 +27,7 @@ from typing import Any, Literal, NamedTuple
 import orjson
 
 from baton.errors import UsageError
+from baton.json_schema import resolve_ref
 from baton.messages import (
     ContentBlock,
     Message,
@@ -37,7 +38,6 @@ from baton.messages import (
     ToolSpec,
     ToolUseBlock,
 )
-from baton.schema import resolve_ref
 
 JSON = dict[str, Any]
 

@@ -15,11 +15,10 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 
-from baton.errors import BatonError
+from baton.errors import BatonError, Conflict
 from baton.observe.redact import Capture, redact_text
 from baton.server.http import ApiError
 from baton.server.registry import InputInvalid, check_input
-from baton.server.runs import Conflict
 from baton.server.ui import pages
 from baton.server.ui.auth import COOKIE, Session, Sessions
 from baton.server.ui.forms import FormError, parse
