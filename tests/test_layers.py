@@ -45,6 +45,7 @@ DEFERRED: dict[str, str] = {
     "baton.runtime.cache": "the result cache loads only for runs that use one",
     "baton.runtime.ratelimit_redis": "cross-process rate limits need redis: only when configured",
     "baton.runtime.fork": "`baton fork` / `baton.fork` only",
+    "baton.runtime.batch": "batch mode loads only for runs with `batch: true` agents (or to cancel their batches)",
     "baton.spec": "workflow files (PyYAML, pattern builders) load only when a file is read",
     "baton.patterns": "the YAML builder loads only the patterns a file uses",
     "baton.server": "the HTTP service (starlette, uvicorn) loads only for `baton serve`",
@@ -77,6 +78,7 @@ DEFERRED: dict[str, str] = {
     "prometheus_client": "optional extra: metrics",
     "opentelemetry": "optional extra: tracing",
     "redis": "optional extra: Redis store, queue, limits",
+    "fastapi": "optional extra `server`: `baton ui` loads it on start",
     "psycopg": "optional extra: PostgreSQL",
     "mcp": "optional extra: MCP tool sources",
     "cryptography": "optional: encryption at rest",
@@ -284,6 +286,8 @@ LOCAL_EXCEPTIONS = {
     "baton.server.http._TooLarge": "a request body over the limit, answered 413",
     "baton.server.registry.InputInvalid": "an input that breaks a workflow's schema, answered 422",
     "baton.server.queue.Unusable": "a queue message that cannot become a run: its dead-letter reason",
+    "baton.server.ui.forms.FormError": "a web form value that is not its field's type, shown beside the field",
+    "baton.server.ui.routes._Redirect": "a UI page answering with a redirect (sign-in), turned into a 303",
 }
 
 

@@ -23,6 +23,7 @@ from baton.memory import memory_tools
 from baton.runtime.breaker import BreakerSettings
 from baton.runtime.budget import Limits
 from baton.runtime.retry import RetryPolicy
+from baton.runtime.routing import ModelRouter
 from baton.spec.loader import MAX_FILE_BYTES, Located, Path, decode_text, dotted, load_yaml
 from baton.spec.schema import SCHEMA
 from baton.tools import Tool, tool
@@ -444,8 +445,6 @@ def _build_located(doc: Located, stack: tuple[str, ...]) -> YamlWorkflow:
             BreakerSettings.from_dict(breaker)
         router = None
         if data.get("routing"):
-            from baton.runtime.routing import ModelRouter
-
             router = ModelRouter.from_dict(data["routing"])
     except WorkflowError as exc:
         problem = doc.error(tuple((exc.field or "").split(".")), exc.problems[0]["message"])

@@ -40,6 +40,7 @@ import orjson
 from aiohttp import web
 
 from baton.errors import UsageError
+from baton.testing.fake_batches import BatchDesk
 from baton.testing.script import (
     DEFAULT_REPLY,
     Fault,
@@ -261,8 +262,6 @@ class FakeAnthropicServer:
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._reset_buckets()
-        from baton.testing.fake_batches import BatchDesk
-
         self.batches = BatchDesk(self, processing_s=batch_processing_s)
         """The Message Batches endpoints: their batches, request log and knobs (``fake_batches``)."""
 

@@ -22,15 +22,13 @@ import itertools
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from baton.testing.script import match_text, prompt_segments, request_from_wire, validate_body
-
-if TYPE_CHECKING:
-    from baton.testing.fake_anthropic import FakeAnthropicServer
 
 JSON = dict[str, Any]
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -83,7 +81,7 @@ class FakeBatch:
 class BatchDesk:
     """Serves the batch endpoints for ``server``; ``processing_s`` is how long a batch takes."""
 
-    def __init__(self, server: FakeAnthropicServer, *, processing_s: float = 1.0,
+    def __init__(self, server: Any, *, processing_s: float = 1.0,
                  expire_s: float = 24 * 3600.0) -> None:
         self.server = server
         self.processing_s = processing_s
@@ -260,6 +258,4 @@ def _check_requests(body: Any) -> str | None:
 
 
 def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -14,6 +14,7 @@ from typing import Any
 
 from baton.errors import UsageError
 from baton.observe.progress import UI_PORT as DEFAULT_PORT
+from baton.stores import open_store
 
 HOST = "127.0.0.1"
 
@@ -38,8 +39,6 @@ def create_local_app(store_url: str | None, capture: str = "full") -> Any:
     from baton.server.http import ApiError, error_response
     from baton.server.ui.routes import mount_ui
     from baton.server.ui.source import StoreSource
-    from baton.stores import open_store
-
     store = open_store(store_url)
 
     @contextlib.asynccontextmanager

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from baton.observe.events import trace_id_for
 from baton.observe.redact import Capture, redact
 from baton.server.ui import shape
 from baton.server.ui.charts import dag_svg, timeline_svg
@@ -142,8 +144,6 @@ def _facts(d: Detail) -> str:
 
 
 def _trace(run_id: str) -> str:
-    from baton.observe.events import trace_id_for
-
     return trace_id_for(run_id)
 
 
@@ -337,8 +337,6 @@ def _field(wf: str, f: Field, value: Any) -> str:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value)
 
 

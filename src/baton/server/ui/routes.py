@@ -7,6 +7,7 @@ pages are read-only and show every run of the store."""
 from __future__ import annotations
 
 import hmac
+import json
 import time
 from importlib import resources
 from typing import Any
@@ -274,8 +275,6 @@ async def _start(ui: UI, src: ServiceSource, s: Session | None, workflow: str, f
 
 def _edit(raw: str) -> Any:
     """An approval's edit: None when empty, JSON when it parses, else the text."""
-    import json
-
     if not raw.strip():
         return None
     try:

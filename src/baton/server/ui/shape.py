@@ -4,6 +4,7 @@ steps' captured content, and the comparison of two runs. Pure functions: no I/O,
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -35,8 +36,6 @@ def captured(value: Any, mode: Capture) -> str | None:
     shown = redact(value)
     if isinstance(shown, str):
         return shown
-    import json
-
     return json.dumps(shown, indent=2, ensure_ascii=False, default=str)
 
 
