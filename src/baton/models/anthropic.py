@@ -3,7 +3,8 @@
 Why not the official SDK: it allocates pydantic models per response and owns retries;
 baton's runtime owns retries, and at high concurrency the adapter's CPU per call is what
 limits a single process (see docs/transport.md for the measured numbers). This module
-speaks the wire format directly, encodes with orjson, reuses one session per event loop,
+speaks the wire format directly, encodes with orjson, shares one connection pool per endpoint and
+event loop with every other adapter and run (``baton.models.pool``),
 and maps every failure to ``baton.errors`` with a retry verdict the runtime can act on.
 """
 
@@ -32,6 +33,7 @@ from baton.messages import (
     Usage,
 )
 from baton.models._wire import invalid_usage, parse_retry_after, wire_tokens
+from baton.models.pool import ConnectionPool, abandon_pool, lease_pool, release_pool
 
 JSON = dict[str, Any]
 OnDelta = Callable[[int, str, str], None]
@@ -314,7 +316,9 @@ class AnthropicModel:
         base_url: defaults to ``ANTHROPIC_BASE_URL`` then ``https://api.anthropic.com``.
         timeout_s: total time for one call; ``ModelRequest.timeout_s`` overrides it.
         connect_timeout_s: time to open a connection.
-        max_connections: connection pool size per event loop.
+        max_connections: connections to the endpoint, shared with every adapter in this event loop
+            that has the same base URL, credential and limit (``baton.models.pool``); calls beyond it
+            wait in line for a free one, and their timeout starts when they get it.
         stream: use SSE under the hood (for very long generations); the result is the
             same ``ModelResponse``, and an in-band ``error`` event raises ``ProviderError``.
     """
@@ -351,52 +355,50 @@ class AnthropicModel:
             self._headers["x-api-key"] = key
         elif token:
             self._headers["authorization"] = f"Bearer {token}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        # The timeout starts once the call holds a connection: waiting for one is queueing (see pool.py).
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._leased: ConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"AnthropicModel(base_url={self.base_url!r})"
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _pool(self) -> ConnectionPool:
+        """This loop's shared pool for the endpoint (see ``baton.models.pool``), leased on first use."""
         loop = asyncio.get_running_loop()
-        session = self._session
-        if session is not None and self._loop is loop and not session.closed:
-            return session
-        if session is not None and not session.closed:
-            # Made on another loop (e.g. an earlier asyncio.run): its connections belong to
-            # that loop and cannot be awaited from here, so drop them with the session.
-            session.detach()
-        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeout,
-            skip_auto_headers=("accept-encoding",),
-        )
+        pool = self._leased
+        if pool is not None and self._loop is loop and not pool.session.closed:
+            return pool
+        if pool is not None and self._loop is not loop:
+            abandon_pool(pool)  # made on another loop (e.g. an earlier asyncio.run)
+        self._leased = lease_pool(self.base_url, self._headers, self.max_connections)
         self._loop = loop
-        return self._session
+        return self._leased
 
     async def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
         """One call. With ``on_delta`` it goes over SSE and ``on_delta`` gets each piece of text or
         tool input as it arrives; the response is the same ``ModelResponse`` either way."""
         stream = self.stream or on_delta is not None
-        body = orjson.dumps(request_to_wire(request, stream=stream))
-        session = self._get_session()
         timeout = self._timeout if request.timeout_s is None else aiohttp.ClientTimeout(
-            total=request.timeout_s, connect=min(self.connect_timeout_s, request.timeout_s))
+            total=request.timeout_s, sock_connect=min(self.connect_timeout_s, request.timeout_s))
         # The session's accept header follows ``self.stream``; a call streamed for a listener says so itself.
         extra = _SSE_ACCEPT if stream and not self.stream else None
         try:
-            async with session.post(self._url, data=body, timeout=timeout, allow_redirects=False,
-                                    headers=extra) as resp:
+            async with self._pool().slot() as session, session.post(  # encoded once it may be sent: a
+                    self._url, data=orjson.dumps(request_to_wire(request, stream=stream)),  # queued call
+                    timeout=timeout, allow_redirects=False, headers=extra) as resp:  # holds no 4 KB buffer
                 status = resp.status
                 headers = resp.headers
                 if status >= 400 or not stream:
                     raw = await resp.read()
                 else:
                     return await self._read_stream(resp, on_delta)
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: no connection "
+                                          f"within {timeout.sock_connect:g}s") from exc
         except TimeoutError as exc:
-            total = request.timeout_s if request.timeout_s is not None else self.timeout_s
-            raise ProviderTimeout(f"anthropic: no response from {self.base_url} within {total:g}s") from exc
+            raise ProviderTimeout(f"anthropic: no response from {self.base_url} within {timeout.total:g}s "
+                                  f"of sending the request") from exc
         except aiohttp.ClientConnectorError as exc:
             raise ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: {exc.os_error}") from exc
         except aiohttp.ClientError as exc:
@@ -478,6 +480,11 @@ class AnthropicModel:
         )
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        """Give back this adapter's lease on the shared pool (the last lease closes the session)."""
+        pool, self._leased = self._leased, None
+        if pool is None:
+            return
+        if self._loop is asyncio.get_running_loop():
+            await release_pool(pool)
+        else:
+            abandon_pool(pool)
