@@ -183,9 +183,10 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Only rate-limit and retry-after headers: nothing that could carry credentials."""
     kept: dict[str, str] = {}
     for k, v in headers.items():
-        lk = k.lower()
-        if lk.startswith(_KEPT_HEADER_PREFIXES):
-            kept[lk] = v
+        if k[:1] in "aArR":  # the others (content-type, date, server...) are skipped without lowercasing
+            lk = k.lower()
+            if lk.startswith(_KEPT_HEADER_PREFIXES):
+                kept[lk] = v
     return kept
 
 

@@ -83,12 +83,21 @@ def _notice_line(kind: str, d: dict[str, Any]) -> str | None:
     return None
 
 
+_PROGRESS_KINDS = frozenset({
+    ev.RUN_START, ev.RUN_END, ev.AGENT_START, ev.AGENT_END, ev.MODEL_RESPONSE, ev.MODEL_ERROR, ev.TOOL_CALL,
+    ev.TOOL_DENIED, ev.STEP_END, ev.RETRY, ev.RATE_LIMIT_WAIT, ev.BREAKER_CHANGE, ev.APPROVAL_REQUESTED,
+    ev.APPROVAL_DECIDED, ev.BUDGET_CHECK, ev.PLAN_INVALID, ev.PLAN_REPAIRED, ev.RUN_WARNING})
+
+
 class ProgressSink:
     """Show a run's progress on ``stream`` (stderr by default).
 
     ``tty=None`` asks the stream; pass ``True``/``False`` to force the redrawn status
     line or plain lines.
     """
+
+    event_kinds = _PROGRESS_KINDS
+    """The event kinds this sink shows or counts: the stream does not build or queue the others for it."""
 
     def __init__(self, stream: TextIO | None = None, tty: bool | None = None, *,
                  max_redraws_per_s: float = 10.0, summary: bool = True) -> None:
@@ -201,7 +210,7 @@ class ProgressSink:
         self.cost_usd += _num(d.get("cost_usd"))
 
     def _agent_end(self, event: Event, d: dict[str, Any]) -> str | None:
-        name = sanitized_text(self._active.pop(event.span_id, None) or str(d.get("agent") or "?"))
+        name = sanitized_text(self._active.pop(event.span_id, "") or str(d.get("agent") or "?"))
         self.agents_done += 1
         if d.get("status") == "error":
             self.agent_errors += 1
@@ -334,6 +343,9 @@ class ProgressSink:
 class RunTally:
     """Counts what a run did, for the end-of-run summary: agent calls by name, model and tool
     calls, and the most agents that were running at the same time. Names and counts only."""
+
+    event_kinds = frozenset({ev.AGENT_START, ev.AGENT_END, ev.MODEL_RESPONSE, ev.TOOL_CALL, ev.PLAN_REPAIRED})
+    """The event kinds it counts."""
 
     def __init__(self) -> None:
         self.agents: dict[str, int] = {}

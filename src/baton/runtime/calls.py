@@ -150,7 +150,7 @@ class Runtime:
     # --- events ---------------------------------------------------------------
 
     def emit(self, kind: str, span: str, parent: str | None, data: dict[str, Any]) -> None:
-        if self.events.active:
+        if self.events.wants(kind):
             self.events.emit(Event(kind, self.run_id, self.trace_id, span, parent, data))
 
     def _replayed(self, rec: StepRecord, span: str | None) -> None:
@@ -337,7 +337,7 @@ class Runtime:
             if waited:
                 self.emit(ev.RATE_LIMIT_WAIT, new_id(), ctx.span_id,
                           {"model": call.model_id, "wait_s": waited, "priority": ctx.priority})
-            if self.events.active:
+            if self.events.wants(ev.MODEL_REQUEST):  # its message list is built only for a sink that takes it
                 data: dict[str, Any] = {"agent": agent.name, "model": call.model_id, "key": call.key,
                                         "provider": binding.model.provider,
                                         "prompt_version": agent.prompt_version, "attempt": attempt,
