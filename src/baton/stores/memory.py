@@ -67,7 +67,7 @@ class MemoryStore:
         current = row.get("owner")
         if (current["token"] if current else None) != expected_token:
             return False
-        row["owner"] = owner.to_dict()
+        row["owner"] = _copy(owner)
         return True
 
     def _check_owner(self, run_id: str, owner_token: str) -> None:
