@@ -100,3 +100,20 @@ async def test_progress_redacts_names_where_it_shows_them() -> None:
     stream.close()
     assert "failed after 0.10s: ToolError" in out.getvalue()
     assert secret not in out.getvalue() and all(secret not in n for n in tally.agents)
+
+
+def test_tune_gc_raises_the_thresholds_and_never_lowers_one() -> None:
+    import gc
+
+    from baton.runtime.gcpolicy import THRESHOLDS, tune_gc
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        assert tune_gc() == (700, 10, 10)
+        assert gc.get_threshold() == THRESHOLDS
+        gc.set_threshold(20_000, 5, 200)
+        tune_gc()
+        assert gc.get_threshold() == (20_000, THRESHOLDS[1], 200)
+    finally:
+        gc.set_threshold(*saved)
