@@ -385,15 +385,17 @@ class AnthropicModel:
         # The session's accept header follows ``self.stream``; a call streamed for a listener says so itself.
         extra = _SSE_ACCEPT if stream and not self.stream else None
         try:
-            async with self._pool().slot() as session, session.post(  # encoded once it may be sent: a
-                    self._url, data=orjson.dumps(request_to_wire(request, stream=stream)),  # queued call
-                    timeout=timeout, allow_redirects=False, headers=extra) as resp:  # holds no 4 KB buffer
-                status = resp.status
-                headers = resp.headers
-                if status >= 400 or not stream:
-                    raw = await resp.read()
-                else:
-                    return await self._read_stream(resp, on_delta)
+            async with self._pool().slot() as session:
+                # Encoded once the call may be sent: a call waiting in the queue holds no 4 KB orjson buffer.
+                body = orjson.dumps(request_to_wire(request, stream=stream))
+                async with session.post(self._url, data=body, timeout=timeout, allow_redirects=False,
+                                        headers=extra) as resp:
+                    status = resp.status
+                    headers = resp.headers
+                    if status >= 400 or not stream:
+                        raw = await resp.read()
+                    else:
+                        return await self._read_stream(resp, on_delta)
         except aiohttp.ConnectionTimeoutError as exc:
             raise ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: no connection "
                                           f"within {timeout.sock_connect:g}s") from exc
