@@ -67,8 +67,9 @@ async def run_all(url: str, db: Path, args: argparse.Namespace) -> list[RunResul
     store = SQLiteStore(f"sqlite:///{db}")
     await store.open()
     retry = RetryPolicy(max_attempts=args.attempts, initial_delay_s=0.05, max_delay_s=1.0)
-    # By default each run gets its own breakers; --shared-breakers gives every run one registry,
-    # as a long-lived process would.
+    # Every run goes through this one adapter, so by default they share its breakers (the engine's
+    # default); --shared-breakers passes one registry explicitly, as the first version of this
+    # benchmark did when runs had breakers of their own.
     breakers = BreakerRegistry() if args.shared_breakers else None
     engine = Engine(store=store, model=model, retry=retry, breakers=breakers)
     try:

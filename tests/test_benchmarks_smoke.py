@@ -31,6 +31,9 @@ SMALLEST = {
     "bench_serve.py": ["--runs", "30", "--clients", "5", "--subscribers", "3", "--latency", "0.05", "--cli-runs", "1"],
     "bench_ui.py": ["--steps", "50", "--repeats", "1"],
     "bench_routing.py": ["--tasks", "40"],
+    "bench_cli_path.py": ["--calls", "60", "--small", "20", "--concurrency", "20", "--rounds", "1"],
+    "bench_many_runs.py": ["--runs", "50", "--latency", "0.3"],
+    "bench_peers.py": ["--only", "baton", "--n", "30", "--small", "10", "--latency", "0.05"],  # no peer install
 }
 SUMMARY = {
     "bench_agent_call.py": "SUMMARY agent_call:",
@@ -44,6 +47,9 @@ SUMMARY = {
     "bench_retrieval.py": "SUMMARY retrieval:",
     "bench_ui.py": "SUMMARY ui:",
     "bench_routing.py": "SUMMARY routing:",
+    "bench_cli_path.py": "SUMMARY cli_path:",
+    "bench_many_runs.py": "SUMMARY many_runs:",
+    "bench_peers.py": "SUMMARY peers:",
 }
 
 
@@ -83,6 +89,10 @@ TIMED: dict[str, list[str]] = {
     "bench_retrieval.py": [],
     "bench_ui.py": [rf"(?:page in browser|server) {NUM} ms, target <= {NUM} ms: (OK|MISSED)"],
     "bench_routing.py": [rf"costs {NUM}x always-Opus \(target <= {NUM}: (OK|MISSED)\)"],
+    "bench_cli_path.py": [],
+    "bench_many_runs.py": [rf"peak RSS {NUM} MB \(target <= {NUM} MB: (OK|MISSED)\)",
+                           rf"CPU per run {NUM} ms \(target <= {NUM} ms: (OK|MISSED)\)"],
+    "bench_peers.py": [],
 }
 
 
@@ -115,6 +125,16 @@ def check_verdicts(script: str, line: str) -> None:
         assert m and (m.group(3) == "OK") == (float(m.group(1)) >= float(m.group(2))), line
     if script == "bench_routing.py":  # correctness: baton's bill is the server log's, to the cent
         assert "billed = server log: OK" in line, line
+    if script == "bench_cli_path.py":  # OK when either target holds
+        signed = r"(-?[\d.]+)"  # marginal costs at the smallest sizes are noise and may come out negative
+        m = re.search(rf"CLI {signed} ms/call \({signed}x the aiohttp floor .*target <= {NUM} ms or <= {NUM}x floor: "
+                      rf"(OK|MISSED)", line)
+        assert m, line
+        ms, ratio, ms_target, ratio_target, verdict = m.groups()
+        assert (verdict == "OK") == (float(ms) <= float(ms_target) or float(ratio) <= float(ratio_target)), line
+    if script == "bench_many_runs.py":  # correctness: every run of the burst succeeds
+        m = re.search(r"(\d+)/(\d+) runs succeeded \((OK|MISSED)\)", line)
+        assert m and m.group(1) == m.group(2) and m.group(3) == "OK", line
     if script == "bench_prompt_cache.py":
         m = re.search(r"(\d+) write \+ (\d+) reads \(expected 1 \+ (\d+): OK\)", line)
         assert m and m.group(1) == "1" and m.group(2) == m.group(3), line

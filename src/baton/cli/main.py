@@ -588,6 +588,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage already; keep its code
         return int(exc.code or 0)
     as_json = bool(getattr(args, "json", False))
+    from baton.runtime.gcpolicy import tune_gc
+
+    tune_gc()  # this process is baton's: collect less often while many calls or runs are in flight
     try:
         if getattr(args, "run_id", None) is not None and args.command != "run":
             check_run_id(args.run_id)

@@ -3,7 +3,8 @@
 Why not the official SDK: it allocates pydantic models per response and owns retries;
 baton's runtime owns retries, and at high concurrency the adapter's CPU per call is what
 limits a single process (see docs/transport.md for the measured numbers). This module
-speaks the wire format directly, encodes with orjson, reuses one session per event loop,
+speaks the wire format directly, encodes with orjson, shares one connection pool per endpoint and
+event loop with every other adapter and run (``baton.models.pool``),
 and maps every failure to ``baton.errors`` with a retry verdict the runtime can act on.
 """
 
@@ -32,6 +33,7 @@ from baton.messages import (
     Usage,
 )
 from baton.models._wire import invalid_usage, parse_retry_after, wire_tokens
+from baton.models.pool import ConnectionPool, abandon_pool, lease_pool, release_pool
 
 JSON = dict[str, Any]
 OnDelta = Callable[[int, str, str], None]
@@ -181,9 +183,10 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """Only rate-limit and retry-after headers: nothing that could carry credentials."""
     kept: dict[str, str] = {}
     for k, v in headers.items():
-        lk = k.lower()
-        if lk.startswith(_KEPT_HEADER_PREFIXES):
-            kept[lk] = v
+        if k[:1] in "aArR":  # the others (content-type, date, server...) are skipped without lowercasing
+            lk = k.lower()
+            if lk.startswith(_KEPT_HEADER_PREFIXES):
+                kept[lk] = v
     return kept
 
 
@@ -314,7 +317,9 @@ class AnthropicModel:
         base_url: defaults to ``ANTHROPIC_BASE_URL`` then ``https://api.anthropic.com``.
         timeout_s: total time for one call; ``ModelRequest.timeout_s`` overrides it.
         connect_timeout_s: time to open a connection.
-        max_connections: connection pool size per event loop.
+        max_connections: connections to the endpoint, shared with every adapter in this event loop
+            that has the same base URL, credential and limit (``baton.models.pool``); calls beyond it
+            wait in line for a free one, and their timeout starts when they get it.
         stream: use SSE under the hood (for very long generations); the result is the
             same ``ModelResponse``, and an in-band ``error`` event raises ``ProviderError``.
     """
@@ -353,51 +358,48 @@ class AnthropicModel:
             self._headers["x-api-key"] = key
         elif token:
             self._headers["authorization"] = f"Bearer {token}"
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        # The timeout starts once the call holds a connection: waiting for one is queueing (see pool.py).
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._leased: ConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"AnthropicModel(base_url={self.base_url!r})"
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _pool(self) -> ConnectionPool:
+        """This loop's shared pool for the endpoint (see ``baton.models.pool``), leased on first use."""
         loop = asyncio.get_running_loop()
-        session = self._session
-        if session is not None and self._loop is loop and not session.closed:
-            return session
-        if session is not None and not session.closed:
-            # Made on another loop (e.g. an earlier asyncio.run): its connections belong to
-            # that loop and cannot be awaited from here, so drop them with the session.
-            session.detach()
-        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, timeout=self._timeout,
-            skip_auto_headers=("accept-encoding",),
-        )
+        pool = self._leased
+        if pool is not None and self._loop is loop and not pool.session.closed:
+            return pool
+        if pool is not None and self._loop is not loop:
+            abandon_pool(pool)  # made on another loop (e.g. an earlier asyncio.run)
+        self._leased = lease_pool(self.base_url, self._headers, self.max_connections)
         self._loop = loop
-        return self._session
+        return self._leased
 
     async def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
         """One call. With ``on_delta`` it goes over SSE and ``on_delta`` gets each piece of text or
         tool input as it arrives; the response is the same ``ModelResponse`` either way."""
         stream = self.stream or on_delta is not None
-        body = orjson.dumps(request_to_wire(request, stream=stream))
-        session = self._get_session()
         timeout = self._timeout if request.timeout_s is None else aiohttp.ClientTimeout(
-            total=request.timeout_s, connect=min(self.connect_timeout_s, request.timeout_s))
+            total=request.timeout_s, sock_connect=min(self.connect_timeout_s, request.timeout_s))
         # The session's accept header follows ``self.stream``; a call streamed for a listener says so itself.
         extra = _SSE_ACCEPT if stream and not self.stream else None
         try:
-            async with session.post(self._url, data=body, timeout=timeout, allow_redirects=False,
-                                    headers=extra) as resp:
-                status = resp.status
-                headers = resp.headers
-                if status >= 400 or not stream:
-                    raw = await resp.read()
-                else:
-                    return await self._read_stream(resp, on_delta)
+            async with self._pool().slot() as session:
+                # Encoded once the call may be sent: a call waiting in the queue holds no 4 KB orjson buffer.
+                body = orjson.dumps(request_to_wire(request, stream=stream))
+                async with session.post(self._url, data=body, timeout=timeout, allow_redirects=False,
+                                        headers=extra) as resp:
+                    status = resp.status
+                    headers = resp.headers
+                    if status >= 400 or not stream:
+                        raw = await resp.read()
+                    else:
+                        return await self._read_stream(resp, on_delta)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc, request.timeout_s) from exc
+            raise self._transport_error(exc, timeout) from exc
         if status >= 300:
             raise status_error(status, raw, headers, secret=self._secret)
         try:
@@ -420,11 +422,15 @@ class AnthropicModel:
             headers=kept_headers(headers),
         )
 
-    def _transport_error(self, exc: BaseException, timeout_s: float | None) -> ProviderError:
-        """The ``ProviderError`` for a call that got no HTTP answer (timeout, connection trouble)."""
+    def _transport_error(self, exc: BaseException, timeout: aiohttp.ClientTimeout) -> ProviderError:
+        """The ``ProviderError`` for a call that got no HTTP answer: which wait ran out, or what broke.
+        The timeouts count from holding a pooled connection: waiting in the pool's queue is not failure."""
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before TimeoutError: it is one
+            return ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: no connection "
+                                           f"within {timeout.sock_connect:g}s")
         if isinstance(exc, TimeoutError):
-            total = timeout_s if timeout_s is not None else self.timeout_s
-            return ProviderTimeout(f"anthropic: no response from {self.base_url} within {total:g}s")
+            return ProviderTimeout(f"anthropic: no response from {self.base_url} within {timeout.total:g}s "
+                                   f"of sending the request")
         if isinstance(exc, aiohttp.ClientConnectorError):
             return ProviderConnectionError(f"anthropic: cannot connect to {self.base_url}: {exc.os_error}")
         return ProviderConnectionError(f"anthropic: connection to {self.base_url} failed: {type(exc).__name__}: {exc}")
@@ -432,14 +438,14 @@ class AnthropicModel:
     async def send_raw(self, method: str, path: str, body: JSON | None = None) -> bytes:
         """One HTTP call to ``path`` under the base URL (the batch endpoints use it): the body of a
         2xx answer; anything else is a ``ProviderError`` with the same verdicts as ``complete``."""
-        session = self._get_session()
         data = orjson.dumps(body) if body is not None else None
         try:
-            async with session.request(method, URL(self.base_url + path), data=data, allow_redirects=False,
-                                       headers={"accept": "application/json"}) as resp:
+            async with self._pool().slot() as session, session.request(
+                    method, URL(self.base_url + path), data=data, timeout=self._timeout, allow_redirects=False,
+                    headers={"accept": "application/json"}) as resp:
                 raw, status, headers = await resp.read(), resp.status, resp.headers
         except (TimeoutError, aiohttp.ClientError) as exc:
-            raise self._transport_error(exc, None) from exc
+            raise self._transport_error(exc, self._timeout) from exc
         if status >= 300:
             raise status_error(status, raw, headers, secret=self._secret)
         return raw
@@ -498,6 +504,11 @@ class AnthropicModel:
         )
 
     async def aclose(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        """Give back this adapter's lease on the shared pool (the last lease closes the session)."""
+        pool, self._leased = self._leased, None
+        if pool is None:
+            return
+        if self._loop is asyncio.get_running_loop():
+            await release_pool(pool)
+        else:
+            abandon_pool(pool)

@@ -83,18 +83,22 @@ def get_model(provider: str, model_id: str = "") -> Model:
     ``model_id`` is accepted so callers need not know which adapters serve several
     models; every adapter here does, so it does not change the instance returned.
     """
-    provider = _check(provider, "get_model")
-    if provider == "anthropic":
-        key = (provider, os.environ.get("ANTHROPIC_BASE_URL", ""))
-    elif provider == "openai":
-        key = (provider, _openai_base_url())
-    else:
-        key = (provider, os.environ.get("BATON_LOCAL_MODEL_PATH", ""))
+    key = adapter_key(provider)
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
             model = _cache[key] = _build(provider, key[1])
         return model
+
+
+def adapter_key(provider: str) -> tuple[str, str]:
+    """Which shared adapter ``get_model`` returns for ``provider`` now: the provider and its endpoint."""
+    provider = _check(provider, "get_model")
+    if provider == "anthropic":
+        return (provider, os.environ.get("ANTHROPIC_BASE_URL", ""))
+    if provider == "openai":
+        return (provider, _openai_base_url())
+    return (provider, os.environ.get("BATON_LOCAL_MODEL_PATH", ""))
 
 
 def _build(provider: str, base_url: str) -> Model:

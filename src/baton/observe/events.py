@@ -112,7 +112,7 @@ class EventStream:
     """
 
     __slots__ = ("_sinks", "_listeners", "_batched", "_immediate", "_root_hooks", "_pending", "_loop",
-                 "_delta_fns", "_delta_listeners")
+                 "_delta_fns", "_delta_listeners", "_wanted", "_batched_kinds")
 
     def __init__(self, sinks: list[Sink] | None = None) -> None:
         self._sinks: list[Sink] = list(sinks or [])
@@ -125,10 +125,24 @@ class EventStream:
     def _sort_sinks(self) -> None:
         self._batched: list[Any] = [s for s in self._sinks if _batched(s)]
         self._immediate = [s for s in self._sinks if not _batched(s)]
+        # Each batched sink with the kinds it takes (None: all); immediate ones are filtered at emit.
+        self._batched_kinds: list[tuple[Any, frozenset[str] | None]] = [
+            (s, getattr(s, "event_kinds", None)) for s in self._batched]
         # Called at emit for run-level events: e.g. the OTel sink notes the caller's current span.
         self._root_hooks = [s.note_root for s in self._batched if callable(getattr(s, "note_root", None))]
         self._delta_fns: list[Callable[[Event], None]] = [
             *(s.handle for s in self._sinks if getattr(s, "wants_deltas", False)), *self._delta_listeners]
+        # The kinds someone takes, when every sink says which it takes (``event_kinds``); None: all of them.
+        kinds: list[frozenset[str] | None] = [getattr(s, "event_kinds", None) for s in self._sinks]
+        self._wanted: frozenset[str] | None = None
+        if not self._listeners and all(k is not None for k in kinds):
+            self._wanted = frozenset(kind for k in kinds if k is not None for kind in k)
+
+    def wants(self, kind: str) -> bool:
+        """Whether a sink or listener takes events of ``kind``: the runtime builds an event's data
+        only then (the CLI's progress sinks take neither ``model.request`` nor step starts)."""
+        wanted = self._wanted
+        return kind in wanted if wanted is not None else bool(self._sinks or self._listeners)
 
     @property
     def wants_deltas(self) -> bool:
@@ -156,11 +170,14 @@ class EventStream:
     def listen(self, fn: Callable[[Event], None], *, deltas: bool = False) -> None:
         """Call ``fn`` with every event; with ``deltas=True`` also with each ``text.delta``."""
         self._listeners.append(fn)
+        self._wanted = None  # a listener takes every kind
         if deltas:
             self._delta_listeners.append(fn)
             self._delta_fns.append(fn)
 
     def emit(self, event: Event) -> None:
+        if self._wanted is not None and event.kind not in self._wanted:
+            return
         if self._batched:
             if event.parent_id is None:
                 for hook in self._root_hooks:
@@ -173,7 +190,9 @@ class EventStream:
             else:
                 self._first(event)
         for sink in self._immediate:
-            sink.handle(event)
+            kinds = getattr(sink, "event_kinds", None)
+            if kinds is None or event.kind in kinds:
+                sink.handle(event)
         for fn in self._listeners:
             fn(event)
 
@@ -195,8 +214,9 @@ class EventStream:
             return
         events = self._pending[:]
         self._pending.clear()  # events emitted by a sink from here on start the next queue
-        sinks = self._batched
-        run_batch(((sink, event) for event in events for sink in sinks), sinks)
+        pairs = self._batched_kinds
+        run_batch(((sink, event) for event in events for sink, kinds in pairs
+                   if kinds is None or event.kind in kinds), self._batched)
 
     def close(self) -> None:
         self.flush()

@@ -34,6 +34,10 @@ def _fmt_tokens(n: int) -> str:
 
 
 _NOTABLE_STOPS = frozenset({"max_tokens", "refusal", "model_context_window_exceeded", "pause_turn"})
+# Frequent kinds that only move counters: no notice line, so no need to sanitize them.
+_QUIET_KINDS = frozenset({ev.MODEL_REQUEST, ev.TOOL_CALL, ev.TOOL_RESULT, ev.STEP_START, ev.STEP_END,
+                          ev.STEP_REPLAYED, ev.CACHE_HIT, ev.STATE_CHANGE, ev.HANDOFF_RECORDED, ev.BUS_MESSAGE,
+                          ev.ROUTER_DECISION, ev.FAN_OUT_DONE, ev.CONSENSUS_RESULT, ev.REFINE_ROUND})
 
 
 def _plan_line(d: dict[str, Any]) -> str:
@@ -95,12 +99,22 @@ def _notice_line(kind: str, d: dict[str, Any]) -> str | None:
     return None
 
 
+_PROGRESS_KINDS = frozenset({
+    ev.RUN_START, ev.RUN_END, ev.AGENT_START, ev.AGENT_END, ev.MODEL_RESPONSE, ev.MODEL_ERROR, ev.TOOL_CALL,
+    ev.TOOL_DENIED, ev.STEP_END, ev.RETRY, ev.RATE_LIMIT_WAIT, ev.BREAKER_CHANGE, ev.APPROVAL_REQUESTED,
+    ev.APPROVAL_DECIDED, ev.BUDGET_CHECK, ev.PLAN_INVALID, ev.PLAN_REPAIRED, ev.RUN_WARNING, ev.BATCH_SUBMITTED,
+    ev.BATCH_PROGRESS})
+
+
 class ProgressSink:
     """Show a run's progress on ``stream`` (stderr by default).
 
     ``tty=None`` asks the stream; pass ``True``/``False`` to force the redrawn status
     line or plain lines.
     """
+
+    event_kinds = _PROGRESS_KINDS
+    """The event kinds this sink shows or counts: the stream does not build or queue the others for it."""
 
     def __init__(self, stream: TextIO | None = None, tty: bool | None = None, *,
                  max_redraws_per_s: float = 10.0, summary: bool = True) -> None:
@@ -130,6 +144,7 @@ class ProgressSink:
         self._workflow: str | None = None
         self._run_end: dict[str, Any] | None = None
         self._closed = False
+        self._lines: list[str] = []  # printed at the end of the batch, in one write
         self._lock = threading.Lock()
         # On a TTY a ticker redraws what throttling held back, and keeps the clock moving
         # during long quiet model calls.
@@ -137,70 +152,99 @@ class ProgressSink:
         self._stop = threading.Event()
 
     # --- events ---------------------------------------------------------------------------
+    # A batched sink (``process`` + ``batch_done``): the event stream hands it a loop iteration's
+    # events together, so a fan-out of a thousand agents costs one write, not a thousand flushes.
 
     def handle(self, event: Event) -> None:
+        """One event, shown now (for callers outside an ``EventStream``)."""
+        self.process(event)
+        self.batch_done()
+
+    def process(self, event: Event) -> None:
         if self._closed:
             return
-        d = sanitized(event, "none")
         with self._lock:
-            self._update(event, d)
-            if self.tty and self._ticker is None and not self._closed:
-                self._ticker = threading.Thread(target=self._tick, name="baton-progress", daemon=True)
-                self._ticker.start()
+            self._update(event)
 
-    def _update(self, event: Event, d: dict[str, Any]) -> None:
-        kind = event.kind
+    def batch_done(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            if self._lines:
+                lines, self._lines = self._lines, []
+                self._print_lines(lines)
+            if self.tty:
+                if self._ticker is None:
+                    self._ticker = threading.Thread(target=self._tick, name="baton-progress", daemon=True)
+                    self._ticker.start()
+                self._maybe_redraw()
+
+    def _update(self, event: Event) -> None:
+        """Counters from the raw event (numbers only); names are redacted where they are shown,
+        and the rare events that print a notice are sanitized whole."""
+        kind, d = event.kind, event.data
         if self._first_ts is None:
             self._first_ts = event.ts
         line: str | None = None
-        if kind == ev.RUN_START:
-            if self._run_id is None:
-                self._run_id, self._workflow = sanitized_text(event.run_id), d.get("workflow")
-                line = f"run {self._run_id} started" + (f" ({self._workflow})" if self._workflow else "")
-                if self.tty:
-                    line = None  # the status line says it
-        elif kind == ev.RUN_END:
-            if event.parent_id is None:
-                self._run_end = dict(d)
+        if kind == ev.MODEL_RESPONSE:
+            self._add_response(d)
+            if d.get("stop_reason") in _NOTABLE_STOPS:
+                s = sanitized(event, "none")
+                line = f"agent {s.get('agent')}: model {s.get('model')} stopped: {s.get('stop_reason')}"
         elif kind == ev.AGENT_START:
             self._active[event.span_id] = str(d.get("agent") or "?")
         elif kind == ev.AGENT_END:
-            name = self._active.pop(event.span_id, None) or str(d.get("agent") or "?")
-            self.agents_done += 1
-            failed = d.get("status") == "error"
-            self.agent_errors += failed
-            if failed:
-                verb = "paused" if d.get("error_type") in _PAUSES else "failed"  # resumable, not broken
-                line = f"agent {name} {verb} after {_num(d.get('duration_s')):.2f}s: {d.get('error_type') or 'error'}"
-            elif not self.tty:
-                line = f"agent {name} done in {_num(d.get('duration_s')):.2f}s"
-                usage = d.get("usage")
-                if isinstance(usage, dict):
-                    total = sum(int(_num(usage.get(k))) for k in ("input_tokens", "output_tokens",
-                                                                  "cache_read_input_tokens",
-                                                                  "cache_creation_input_tokens"))
-                    line += f", {_fmt_tokens(total)} tokens"
-                if isinstance(d.get("cost_usd"), int | float):
-                    line += f", ${d['cost_usd']:.4f}"
-        elif kind == ev.MODEL_RESPONSE:
-            self.model_calls += 1
-            usage = d.get("usage")
-            if isinstance(usage, dict):
-                self.tokens["input"] += int(_num(usage.get("input_tokens")))
-                self.tokens["output"] += int(_num(usage.get("output_tokens")))
-                self.tokens["cache_read"] += int(_num(usage.get("cache_read_input_tokens")))
-                self.tokens["cache_write"] += int(_num(usage.get("cache_creation_input_tokens")))
-            self.cost_usd += _num(d.get("cost_usd"))
-            if d.get("stop_reason") in _NOTABLE_STOPS:
-                line = f"agent {d.get('agent')}: model {d.get('model')} stopped: {d.get('stop_reason')}"
+            line = self._agent_end(event, d)
+        elif kind == ev.RUN_START:
+            line = self._run_start(event)
+        elif kind == ev.RUN_END:
+            if event.parent_id is None:
+                self._run_end = dict(sanitized(event, "none"))
         else:
             self._count(kind)
-            line = _notice_line(kind, d)
+            if kind not in _QUIET_KINDS:
+                line = _notice_line(kind, sanitized(event, "none"))
         self._dirty = True
         if line is not None:
-            self._print_line(f"[{self._elapsed(event.ts):7.2f}s] {line}")
+            self._lines.append(f"[{self._elapsed(event.ts):7.2f}s] {line}")
+
+    def _run_start(self, event: Event) -> str | None:
+        if self._run_id is not None:
+            return None
+        self._run_id, self._workflow = sanitized_text(event.run_id), sanitized(event, "none").get("workflow")
         if self.tty:
-            self._maybe_redraw()
+            return None  # the status line says it
+        return f"run {self._run_id} started" + (f" ({self._workflow})" if self._workflow else "")
+
+    def _add_response(self, d: dict[str, Any]) -> None:
+        self.model_calls += 1
+        usage = d.get("usage")
+        if isinstance(usage, dict):
+            self.tokens["input"] += int(_num(usage.get("input_tokens")))
+            self.tokens["output"] += int(_num(usage.get("output_tokens")))
+            self.tokens["cache_read"] += int(_num(usage.get("cache_read_input_tokens")))
+            self.tokens["cache_write"] += int(_num(usage.get("cache_creation_input_tokens")))
+        self.cost_usd += _num(d.get("cost_usd"))
+
+    def _agent_end(self, event: Event, d: dict[str, Any]) -> str | None:
+        name = sanitized_text(self._active.pop(event.span_id, "") or str(d.get("agent") or "?"))
+        self.agents_done += 1
+        if d.get("status") == "error":
+            self.agent_errors += 1
+            error_type = sanitized(event, "none").get("error_type") or "error"
+            verb = "paused" if d.get("error_type") in _PAUSES else "failed"  # resumable, not broken
+            return f"agent {name} {verb} after {_num(d.get('duration_s')):.2f}s: {error_type}"
+        if self.tty:
+            return None
+        line = f"agent {name} done in {_num(d.get('duration_s')):.2f}s"
+        usage = d.get("usage")
+        if isinstance(usage, dict):
+            total = sum(int(_num(usage.get(k))) for k in ("input_tokens", "output_tokens",
+                                                          "cache_read_input_tokens", "cache_creation_input_tokens"))
+            line += f", {_fmt_tokens(total)} tokens"
+        if isinstance(d.get("cost_usd"), int | float):
+            line += f", ${d['cost_usd']:.4f}"
+        return line
 
     def _count(self, kind: str) -> None:
         if kind == ev.TOOL_CALL:
@@ -215,6 +259,9 @@ class ProgressSink:
             if self._closed:
                 return
             self._closed = True
+            if self._lines:  # events processed outside a stream's batch
+                lines, self._lines = self._lines, []
+                self._print_lines(lines)
         self._stop.set()
         if self._ticker is not None:
             self._ticker.join(timeout=2)
@@ -268,8 +315,9 @@ class ProgressSink:
         return head + ": " + ", ".join(body)
 
     def status_line(self) -> str:
-        active = list(self._active.values())
-        shown = ", ".join(active[:3]) + (f" +{len(active) - 3}" if len(active) > 3 else "")
+        active = list(self._active.values())  # raw names: redacted here, where they are shown
+        shown = ", ".join(sanitized_text(name) for name in active[:3]) + (
+            f" +{len(active) - 3}" if len(active) > 3 else "")
         elapsed = f"{time.time() - self._first_ts:.0f}s" if self._first_ts is not None else "0s"
         parts = [f"baton {self._workflow or self._run_id or ''}".rstrip() + f" {elapsed}",
                  f"{len(active)} running" + (f" ({shown})" if shown else ""),
@@ -291,13 +339,14 @@ class ProgressSink:
         self._drawn = True
         self._write(_CLEAR + self.status_line())
 
-    def _print_line(self, text: str) -> None:
+    def _print_lines(self, lines: list[str]) -> None:
+        text = "\n".join(lines) + "\n"
         if self.tty:
-            self._write(_CLEAR + text + "\n")
+            self._write(_CLEAR + text)
             self._drawn = False
             self._last_draw = float("-inf")  # put the status line back right away
         else:
-            self._write(text + "\n")
+            self._write(text)
 
     def _write(self, text: str) -> None:
         if self._broken:
@@ -313,6 +362,9 @@ class RunTally:
     """Counts what a run did, for the end-of-run summary: agent calls by name, model and tool
     calls, and the most agents that were running at the same time. Names and counts only."""
 
+    event_kinds = frozenset({ev.AGENT_START, ev.AGENT_END, ev.MODEL_RESPONSE, ev.TOOL_CALL, ev.PLAN_REPAIRED})
+    """The event kinds it counts."""
+
     def __init__(self) -> None:
         self.agents: dict[str, int] = {}
         self.model_calls = 0
@@ -323,9 +375,13 @@ class RunTally:
         self._lock = threading.Lock()
 
     def handle(self, event: Event) -> None:
+        self.process(event)
+
+    def process(self, event: Event) -> None:
+        """Count one event (batched: the stream calls it at the end of the loop iteration)."""
         with self._lock:
             if event.kind == ev.AGENT_START:
-                name = str(sanitized(event, "none").get("agent") or "?")
+                name = sanitized_text(str(event.data.get("agent") or "?"))
                 self.agents[name] = self.agents.get(name, 0) + 1
                 self._running.add(event.span_id)
                 self.peak_agents = max(self.peak_agents, len(self._running))
@@ -337,6 +393,9 @@ class RunTally:
                 self.tool_calls += 1
             elif event.kind == ev.PLAN_REPAIRED:
                 self.plan_repaired = True
+
+    def batch_done(self) -> None:
+        """Nothing to write per batch."""
 
     def close(self) -> None:
         """Nothing to flush."""

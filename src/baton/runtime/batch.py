@@ -151,7 +151,7 @@ class BatchDesk:
             group = self._groups[id(model)] = _Group(model, loop.time())
         waiting = _Waiting(call, loop.create_future())
         group.items.append(waiting)
-        if self.rt.events.active:
+        if self.rt.events.wants(ev.MODEL_REQUEST):
             self.rt.emit(ev.MODEL_REQUEST, call.span, call.scope.span_id, {
                 "agent": call.site.name, "model": call.model_id, "key": call.key, "provider": model.provider,
                 "prompt_version": call.site.prompt_version, "attempt": call.attempt, "max_tokens": call.wire.max_tokens,

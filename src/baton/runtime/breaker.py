@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
+
+import orjson
 
 from baton.errors import CircuitOpenError, ProviderError, ToolError
 from baton.settings import Settings, setting
@@ -243,3 +246,30 @@ class BreakerRegistry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._breakers
+
+
+_by_adapter: weakref.WeakKeyDictionary[Any, dict[str, BreakerRegistry]] = weakref.WeakKeyDictionary()
+_by_name: dict[Any, dict[str, BreakerRegistry]] = {}
+
+
+def shared_breakers(owner: Any, defaults: Mapping[str, Any] | None = None) -> BreakerRegistry:
+    """The process's breaker set for the runs that call through ``owner`` with these defaults.
+
+    ``owner`` is what decides which endpoint a breaker guards: an adapter object (kept weakly,
+    so a test's adapter takes its breakers with it) or a hashable key such as the provider
+    and its base URL. Runs that share an endpoint share its health; a workflow with its own
+    ``breaker:`` settings gets its own set.
+    """
+    settings = _check_settings(defaults, "breaker") if defaults else {}
+    variant = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS).decode() if settings else ""
+    try:
+        sets = _by_adapter.setdefault(owner, {})
+    except TypeError:  # not weakly referenceable (a key such as a tuple): kept for the process
+        try:
+            sets = _by_name.setdefault(owner, {})
+        except TypeError:  # unhashable: nothing to share it by
+            return BreakerRegistry(defaults=settings)
+    registry = sets.get(variant)
+    if registry is None:
+        registry = sets[variant] = BreakerRegistry(defaults=settings)
+    return registry

@@ -28,7 +28,7 @@ from baton.json_schema import jsonable
 from baton.messages import Usage
 from baton.observe import events as ev
 from baton.observe.events import EventStream, Sink, new_id
-from baton.runtime.breaker import BreakerRegistry
+from baton.runtime.breaker import BreakerRegistry, shared_breakers
 from baton.runtime.budget import BudgetTracker, Limits
 from baton.runtime.ids import check_run_id
 from baton.runtime.journal import Journal, decision_key
@@ -203,6 +203,8 @@ class Engine:
             raise UsageError("no run context type is registered: import baton (or pass Engine(scope=...))")
         return factory(runtime, input)
 
+    _breakers_here: BreakerRegistry | None = field(default=None, init=False, repr=False)
+
     def _binder(self, opened: list[Any]) -> Callable[[str], ModelBinding]:
         """Model ids -> bindings; adapters taken from the provider are listed in ``opened`` to be released."""
         bound: dict[str, ModelBinding] = {}
@@ -234,6 +236,28 @@ class Engine:
         """The run's journal. Benchmarks of the bare call path override this to keep none."""
         return Journal(store, run_id, owner_token)
 
+    def _shared_breakers(self, workflow: Workflow) -> BreakerRegistry:
+        """Runs through the same adapter (or provider endpoint) share one breaker set, as they share
+        its connection pool and rate governor; with a ``models`` mapping, this engine's runs do."""
+        defaults = getattr(workflow, "breaker", None)
+        owner: Any = self.model
+        if owner is None and not self.models:
+            from baton.models.resolve import adapter_key, resolve_provider
+
+            with contextlib.suppress(UsageError):  # reported when a call binds the model
+                owner = adapter_key(self.provider or resolve_provider(None))
+        if owner is None:
+            if self._breakers_here is None:
+                self._breakers_here = BreakerRegistry(defaults=defaults)
+            return self._breakers_here
+        return shared_breakers(owner, defaults)
+
+    @property
+    def _owns_store(self) -> bool:
+        """The engine opened the store from a URL, so it closes it (a plain test, not a slow
+        isinstance on the ``Store`` protocol, which costs tens of microseconds per run)."""
+        return self.store is None or isinstance(self.store, str)
+
     async def _store(self) -> Store:
         store = self.store if self.store is not None and not isinstance(self.store, str) else open_store(self.store)
         await store.open()
@@ -255,7 +279,7 @@ class Engine:
             await store.create_run(record)  # durable before any work starts
             return await self._execute(store, record, workflow, limits, force=False)
         finally:
-            if not isinstance(self.store, Store):
+            if self._owns_store:
                 await store.close()
 
     async def resume(self, run_id: str, workflow: Workflow | None = None, *, force: bool = False,
@@ -271,7 +295,7 @@ class Engine:
             record.limits = limits.to_dict()
             return await self._execute(store, record, workflow, limits, force=force)
         finally:
-            if not isinstance(self.store, Store):
+            if self._owns_store:
                 await store.close()
 
     def _workflow_for(self, record: RunRecord, workflow: Workflow | None, command: str) -> Workflow:
@@ -303,7 +327,7 @@ class Engine:
             await store.update_run(record, transition="cancelled", detail=detail)
             return record
         finally:
-            if not isinstance(self.store, Store):
+            if self._owns_store:
                 await store.close()
 
     async def _cancel_batches(self, store: Store, run_id: str) -> dict[str, Any]:
@@ -343,7 +367,7 @@ class Engine:
                 raise ReplayDivergence(f"replay of run {run_id} produced a different output than the recorded one")
             return RunResult(run_id, "replayed", output, duration_s=time.monotonic() - t0)
         finally:
-            if not isinstance(self.store, Store):
+            if self._owns_store:
                 await store.close()
 
     async def _claim(self, store: Store, record: RunRecord, force: bool) -> Owner:
@@ -453,7 +477,7 @@ class Engine:
         runtime = Runtime(
             record.run_id, journal, BudgetTracker(limits, spent=spent, spent_usd=spent_usd, model_calls=calls),
             events, self._binder(opened), retry=self.retry or getattr(workflow, "retry", None) or RetryPolicy(),
-            breakers=self.breakers or BreakerRegistry(defaults=getattr(workflow, "breaker", None)),
+            breakers=self.breakers or self._shared_breakers(workflow),
             governor=governor, cache=self.cache, cache_ttl_s=self.cache_ttl_s, sleep=self.sleep,
         )
         runtime.stream_deltas = events.wants_deltas

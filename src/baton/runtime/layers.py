@@ -224,7 +224,7 @@ class EventsLayer(AttemptLayer):
     phase: Phase = "slot"
 
     async def enter(self, call: ModelCall) -> None:
-        if self.run.events.active:
+        if self.run.events.wants(ev.MODEL_REQUEST):  # its message list is built only for a sink that takes it
             site, wire = call.site, call.wire
             self.run.emit(ev.MODEL_REQUEST, call.span, call.scope.span_id, {
                 "agent": site.name, "model": call.model_id, "key": call.key, "provider": call.binding.model.provider,
@@ -232,7 +232,7 @@ class EventsLayer(AttemptLayer):
                 "messages": [message_to_dict(m) for m in wire.messages]})
 
     async def succeeded(self, call: ModelCall, response: ModelResponse) -> None:
-        if self.run.events.active:
+        if self.run.events.wants(ev.MODEL_RESPONSE):
             self.run.emit(ev.MODEL_RESPONSE, call.span, call.scope.span_id, {
                 "agent": call.site.name, "model": call.model_id, "key": call.key,
                 "prompt_version": call.site.prompt_version, "usage": response.usage.to_dict(), "cost_usd": call.cost,

@@ -110,7 +110,7 @@ class RunServices:
 
     def emit(self, kind: str, span: str, parent: str | None, data: dict[str, Any]) -> None:
         """Put an event on the run's stream (one attribute test when nobody listens)."""
-        if self.events.active:
+        if self.events.wants(kind):
             self.events.emit(Event(kind, self.run_id, self.trace_id, span, parent, data))
 
     def _budget_checked(self, limit: str, spent: float, allowed: float | None, ok: bool) -> None:

@@ -13,6 +13,8 @@ from baton.stores.base import Owner, RunRecord, StepRecord, Transition, displace
 
 
 def _copy(value: Any) -> Any:
+    """A detached JSON copy; records (dataclasses) are encoded by orjson directly, which gives the
+    same JSON as their ``to_dict()`` without its deep copy (a third of a run's CPU here)."""
     return orjson.loads(orjson.dumps(value))
 
 
@@ -33,7 +35,7 @@ class MemoryStore:
     async def create_run(self, run: RunRecord) -> None:
         if run.run_id in self._runs:
             raise UsageError(f"run {run.run_id!r} already exists")
-        self._runs[run.run_id] = _copy(run.to_dict())
+        self._runs[run.run_id] = _copy(run)
         self._steps[run.run_id] = {}
         self._transitions[run.run_id] = [Transition(run.run_id, run.status, time.time(), {"created": True})]
 
@@ -54,7 +56,7 @@ class MemoryStore:
         if owner_token is not None:
             self._check_owner(run.run_id, owner_token)
         run.updated_at = time.time()
-        self._runs[run.run_id] = _copy(run.to_dict())
+        self._runs[run.run_id] = _copy(run)
         if transition:
             self._transitions[run.run_id].append(Transition(run.run_id, transition, run.updated_at, detail or {}))
 
@@ -65,7 +67,7 @@ class MemoryStore:
         current = row.get("owner")
         if (current["token"] if current else None) != expected_token:
             return False
-        row["owner"] = owner.to_dict()
+        row["owner"] = _copy(owner)
         return True
 
     def _check_owner(self, run_id: str, owner_token: str) -> None:
@@ -77,7 +79,7 @@ class MemoryStore:
         if steps and (fence := fence_of(steps, owner_token)):
             self._check_owner(*fence)
         # Encode the whole batch first: a bad record must leave nothing of the batch written.
-        copies = [(s.run_id, s.key, _copy(s.to_dict())) for s in last_per_key(steps)]
+        copies = [(s.run_id, s.key, _copy(s)) for s in last_per_key(steps)]
         for run_id, key, data in copies:
             run_steps = self._steps.setdefault(run_id, {})
             if run_steps.get(key, {}).get("status") != "completed":  # completed records are write-once

@@ -114,7 +114,8 @@ class BatchDesk:
         return response
 
     def _bad(self, message: str, status: int = 400, error_type: str = "invalid_request_error") -> web.Response:
-        return self.server._error(status, error_type, message, f"req_fake_batch_{next(self._ids):08d}")
+        answer: web.Response = self.server._error(status, error_type, message, f"req_fake_batch_{next(self._ids):08d}")
+        return answer
 
     async def _create(self, request: web.Request) -> web.Response:
         refused = self.server.refused(request, "req_fake_batch")
@@ -195,7 +196,7 @@ class BatchDesk:
 
     def _find(self, request: web.Request) -> FakeBatch | web.Response:
         """The batch the path names, or the error answer (bad key, unknown id)."""
-        refused = self.server.refused(request, "req_fake_batch")
+        refused: web.Response | None = self.server.refused(request, "req_fake_batch")
         if refused is not None:
             return refused
         batch = self.batches.get(request.match_info["batch_id"])
