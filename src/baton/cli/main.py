@@ -26,6 +26,7 @@ from baton.observe.events import new_id
 from baton.runtime.batch import BatchOptions
 from baton.runtime.budget import Limits
 from baton.runtime.engine import Engine, decide
+from baton.runtime.gcpolicy import tune_gc
 from baton.runtime.ids import check_run_id
 from baton.runtime.workflows import check_signature
 from baton.settings import limit_arg
@@ -588,8 +589,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage already; keep its code
         return int(exc.code or 0)
     as_json = bool(getattr(args, "json", False))
-    from baton.runtime.gcpolicy import tune_gc
-
     tune_gc()  # this process is baton's: collect less often while many calls or runs are in flight
     try:
         if getattr(args, "run_id", None) is not None and args.command != "run":
