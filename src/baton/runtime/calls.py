@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
@@ -193,6 +194,20 @@ class Runtime:
             # run sees what the uninterrupted one saw. Redaction belongs to the sinks; stored
             # content is protected by file modes and, where asked, encryption (stores/_codec.py).
             await self.journal.commit(record)
+
+    # --- seams another engine overrides (baton.temporal runs these as Temporal activities) ---
+
+    async def run_step(self, key: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Execute the effect of ``ctx.step`` at ``key`` (here: call it in this process)."""
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def await_decision(self, span: str, key: str, name: str, request: Any) -> dict[str, Any] | None:
+        """Wait for a human decision on approval step ``key`` when the engine can keep the run
+        alive meanwhile; None (here): the run stops resumably with ``ApprovalRequired``."""
+        return None
 
     # --- model calls ------------------------------------------------------------
 

@@ -1,0 +1,108 @@
+"""``baton worker``: host baton workflows on a Temporal task queue.
+
+Start as many workers as you like, on as many machines, against one Temporal
+service and one baton store (PostgreSQL, or SQLite on one machine): each takes
+workflow tasks and activities from the queue; a worker that dies loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from baton.errors import UsageError
+from baton.observe.events import Sink
+from baton.temporal.context import WorkerContext, install, uninstall
+
+SANDBOX_PASSTHROUGH = ("baton", "orjson", "pydantic", "pydantic_core", "yaml", "jsonschema", "aiohttp",
+                       "referencing", "rpds", "psycopg", "redis", "anyio", "httpx", "mcp")
+"""Modules the workflow sandbox imports once, outside it (baton's workflow side keeps to the
+run's arguments and the activities' results; the replay test checks that)."""
+
+
+async def connect(address: str, namespace: str = "default") -> Any:
+    """A Temporal client; an unreachable address is a ``UsageError`` naming it."""
+    from temporalio.client import Client
+
+    try:
+        return await Client.connect(address, namespace=namespace)
+    except Exception as exc:  # the SDK raises RuntimeError for a refused connection
+        raise UsageError(f"cannot reach Temporal at {address} (namespace {namespace}): {exc}") from None
+
+
+@dataclass
+class WorkerOptions:
+    """What ``baton worker`` takes: where to connect, which queue, what to host."""
+
+    address: str
+    namespace: str = "default"
+    task_queue: str = "baton"
+    workflows: Sequence[Any] = ()
+    """Workflow files (``YamlWorkflow``) or Python workflow functions to host."""
+    tools: Sequence[Any] = ()
+    """Tools of Python workflows (a workflow file's tools are found from its agents)."""
+    store: Any = None
+    provider: str | None = None
+    model: Any = None
+    models: Any = None
+    sinks: list[Sink] = field(default_factory=list)
+    cache: Any = None
+    governor: Any = None
+    max_activities: int = 1000
+
+
+def _sandbox_runner() -> Any:
+    from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+    return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(
+        *SANDBOX_PASSTHROUGH))
+
+
+async def _worker_context(opts: WorkerOptions, opened: list[Any]) -> WorkerContext:
+    from baton.runtime.engine import Engine, shared_governor
+
+    engine = Engine(store=opts.store, model=opts.model, models=opts.models, provider=opts.provider)
+    store = await engine._store()
+    ctx = WorkerContext(opts.task_queue, store, engine._binder(opened), opts.governor or shared_governor(),
+                        sinks=list(opts.sinks), cache=opts.cache)
+    for wf in opts.workflows:
+        ctx.host(wf, tools=list(opts.tools))
+    return ctx
+
+
+@contextlib.asynccontextmanager
+async def running_worker(opts: WorkerOptions, client: Any = None) -> Any:
+    """A started worker (yields the ``temporalio.worker.Worker``); stopped and closed on exit."""
+    from temporalio.worker import Worker
+
+    from baton.runtime.engine import _release_models
+    from baton.temporal.activities import Activities
+    from baton.temporal.workflow import BatonRun
+
+    client = client or await connect(opts.address, opts.namespace)
+    opened: list[Any] = []
+    ctx = await _worker_context(opts, opened)
+    install(ctx)
+    try:
+        worker = Worker(client, task_queue=opts.task_queue, workflows=[BatonRun],
+                        activities=Activities(ctx).all(), workflow_runner=_sandbox_runner(),
+                        max_concurrent_activities=opts.max_activities,
+                        max_concurrent_local_activities=opts.max_activities)
+        async with worker:
+            yield worker
+    finally:
+        uninstall(ctx)
+        await _release_models(opened)
+        with contextlib.suppress(Exception):
+            await ctx.store.close()
+
+
+async def run_worker(opts: WorkerOptions, *, ready: Any = None) -> None:
+    """Host the workflows until cancelled (SIGINT/SIGTERM in ``baton worker``)."""
+    async with running_worker(opts):
+        if ready is not None:
+            ready()
+        await asyncio.Event().wait()
