@@ -256,6 +256,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     input_value = _read_input(args)
     base = default_limits or workflow.limits
     limits = base.merged(budget_usd=args.budget_usd, budget_tokens=args.budget_tokens)
+    if args.engine == "temporal":  # the run executes on Temporal workers (baton worker)
+        from baton.temporal.cli import run_on_temporal
+
+        return _finish(await run_on_temporal(args, workflow, input_value, run_id, limits), args)
     sinks = _Sinks(args)
     from baton.cli.live import stream_sinks
 
@@ -491,6 +495,10 @@ def _parser() -> argparse.ArgumentParser:
     from baton.cli.index import add_parser as add_index_parser
 
     add_index_parser(sub)  # baton index WF.yaml
+
+    from baton.temporal.cli import add_worker_parser
+
+    add_worker_parser(sub)  # baton worker --temporal HOST:PORT --workflows DIR
     return p
 
 
@@ -530,6 +538,9 @@ def _add_run_parsers(sub: Any) -> None:
     from baton.cli.live import add_stream_option
 
     add_stream_option(r)
+    from baton.temporal.cli import add_engine_options
+
+    add_engine_options(r)  # --engine local|temporal, --temporal HOST:PORT
     r.set_defaults(fn=_cmd_run)
 
     rs = sub.add_parser("resume", help="continue a stopped run from its journal")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,30 +74,48 @@ async def _worker_context(opts: WorkerOptions, opened: list[Any]) -> WorkerConte
 
 
 @contextlib.asynccontextmanager
-async def running_worker(opts: WorkerOptions, client: Any = None) -> Any:
-    """A started worker (yields the ``temporalio.worker.Worker``); stopped and closed on exit."""
-    from temporalio.worker import Worker
-
+async def hosting(opts: WorkerOptions) -> AsyncIterator[WorkerContext]:
+    """The worker's resources, installed for its task queue in this process (workflows find them there)."""
     from baton.runtime.engine import _release_models
-    from baton.temporal.activities import Activities
-    from baton.temporal.workflow import BatonRun
 
-    client = client or await connect(opts.address, opts.namespace)
     opened: list[Any] = []
     ctx = await _worker_context(opts, opened)
     install(ctx)
     try:
+        yield ctx
+    finally:
+        uninstall(ctx)
+        await _release_models(opened)
+        with contextlib.suppress(Exception):
+            await ctx.store.close()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(opts: WorkerOptions, client: Any = None) -> AsyncIterator[Any]:
+    """A started worker (yields the ``temporalio.worker.Worker``); stopped and closed on exit."""
+    from temporalio.worker import Worker
+
+    from baton.temporal.activities import Activities
+    from baton.temporal.workflow import BatonRun
+
+    client = client or await connect(opts.address, opts.namespace)
+    async with hosting(opts) as ctx:
         worker = Worker(client, task_queue=opts.task_queue, workflows=[BatonRun],
                         activities=Activities(ctx).all(), workflow_runner=_sandbox_runner(),
                         max_concurrent_activities=opts.max_activities,
                         max_concurrent_local_activities=opts.max_activities)
         async with worker:
             yield worker
-    finally:
-        uninstall(ctx)
-        await _release_models(opened)
-        with contextlib.suppress(Exception):
-            await ctx.store.close()
+
+
+async def replay(history: Any, opts: WorkerOptions) -> None:
+    """Replay a recorded run history against the hosted workflows (raises on any nondeterminism)."""
+    from temporalio.worker import Replayer
+
+    from baton.temporal.workflow import BatonRun
+
+    async with hosting(opts):
+        await Replayer(workflows=[BatonRun], workflow_runner=_sandbox_runner()).replay_workflow(history)
 
 
 async def run_worker(opts: WorkerOptions, *, ready: Any = None) -> None:
