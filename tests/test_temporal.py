@@ -292,3 +292,160 @@ async def test_a_fan_out_of_200_is_shared_by_the_workers(workers: Workers, engin
     # Both workers took part: each one's event log has some of this run's model responses.
     answered = [workers.responses(i, result.run_id) for i in (0, 1)]
     assert sum(answered) == 200 and min(answered) > 0, answered
+
+
+def _completed_before(history: Any, moment: float) -> list[dict[str, Any]]:
+    """The arguments of the model activities the history shows completed before ``moment``."""
+    scheduled: dict[int, dict[str, Any]] = {}
+    done: list[dict[str, Any]] = []
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            attrs = event.activity_task_scheduled_event_attributes
+            if attrs.activity_type.name == "baton.model":
+                scheduled[event.event_id] = json.loads(attrs.input.payloads[0].data)
+        elif event.HasField("activity_task_completed_event_attributes"):
+            attrs = event.activity_task_completed_event_attributes
+            if attrs.scheduled_event_id in scheduled and event.event_time.ToDatetime().timestamp() < moment:
+                done.append(scheduled[attrs.scheduled_event_id])
+    return done
+
+
+def _item_of(args: dict[str, Any]) -> str:
+    return str(args["request"]["messages"][-1]["content"][-1]["text"])[-5:]
+
+
+async def test_a_worker_killed_mid_run_loses_nothing(workers: Workers, engine: TemporalEngine,
+                                                    fake: FakeAnthropicServer, flows: Path) -> None:
+    wf = load_workflow_file(flows / "slow.yaml")
+    items = "\n".join(f"k-{i:03d}" for i in range(32))
+    whole = await engine.run(wf, items)
+    assert whole.status == "succeeded", whole.error
+
+    first = len(fake.requests)
+    run_id = await engine.start(wf, items)
+    deadline = time.monotonic() + 120
+    while sum(1 for r in list(fake.requests)[first:] if r.status == 200) < 10:
+        assert time.monotonic() < deadline, "the run made no progress"
+        await asyncio.sleep(0.05)
+    took_part = workers.responses(0, run_id)
+    workers.kill(0)
+    killed_at = time.time()
+    try:
+        result = await asyncio.wait_for(engine.result(run_id), 300)
+    finally:
+        workers.start(0)
+    assert took_part > 0  # the killed worker was doing some of this run's calls
+    assert result.status == "succeeded", result.error
+    assert result.output == whole.output
+    assert result.model_calls == whole.model_calls == 33
+    sent = Counter(r.text[-5:] for r in list(fake.requests)[first:] if r.status == 200 and "SLOW" in r.text)
+    assert set(sent) == {f"k-{i:03d}"[-5:] for i in range(32)}
+    history = await (await engine.client()).get_workflow_handle(run_id).fetch_history()
+    completed = _completed_before(history, killed_at)
+    assert completed  # calls were completed before the kill ...
+    assert all(sent[_item_of(args)] == 1 for args in completed if "SLOW" in str(args["request"]["system"]))
+
+
+async def test_approval_by_signal(address: str, store_url: str, local_env: None) -> None:
+    from flows.approval import announce
+
+    opts = WorkerOptions(address, task_queue="baton-approvals", workflows=[announce], store=store_url,
+                         provider="anthropic")
+    engine = TemporalEngine(address, task_queue="baton-approvals", store=store_url, options=dict(FAST))
+    async with running_worker(opts):
+        run_id = await engine.start(announce, "the launch")
+        deadline = time.monotonic() + 60
+        while not (await engine.state(run_id))["waiting"]:
+            assert time.monotonic() < deadline, "the run never asked for approval"
+            await asyncio.sleep(0.1)
+        waiting = (await engine.state(run_id))["waiting"]
+        assert list(waiting.values()) == ["publish"]
+        record, _ = await _steps(store_url, run_id)
+        assert record.status == "awaiting_approval"
+        with pytest.raises(Exception, match="not awaiting a decision"):
+            await engine.approve(run_id, "9.approval:nothing")
+        step = next(iter(waiting))
+        await engine.approve(run_id, step, edit="EDITED", by="ops")
+        result = await asyncio.wait_for(engine.result(run_id), 60)
+    assert result.status == "succeeded", result.error
+    assert result.output == {"published": True, "text": "EDITED"}
+    record, steps = await _steps(store_url, run_id)
+    assert record.status == "succeeded"
+    decided = [s for s in steps if s.kind == "approval" and s.status == "completed"]
+    assert len(decided) == 1 and decided[0].result["by"] == "ops"
+
+
+async def test_cancel_stops_the_run(workers: Workers, engine: TemporalEngine, fake: FakeAnthropicServer,
+                                    flows: Path, store_url: str) -> None:
+    first = len(fake.requests)
+    run_id = await engine.start(load_workflow_file(flows / "slow.yaml"), "\n".join(f"c-{i:03d}" for i in range(64)))
+    deadline = time.monotonic() + 60
+    while not any(r.status == 200 for r in list(fake.requests)[first:]):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await engine.cancel(run_id)
+    result = await asyncio.wait_for(engine.result(run_id), 60)
+    assert result.status == "cancelled"
+    record, _ = await _steps(store_url, run_id)
+    assert record.status == "cancelled"
+    await asyncio.sleep(3)  # calls in flight at the cancel may still finish; no new ones start
+    settled = len(fake.requests)
+    await asyncio.sleep(2)
+    assert len(fake.requests) == settled and settled - first < 64
+
+
+async def test_a_budget_trip_stops_the_run(workers: Workers, engine: TemporalEngine, fake: FakeAnthropicServer,
+                                           flows: Path, store_url: str) -> None:
+    first = len(fake.requests)
+    result = await engine.run(load_workflow_file(flows / "capped.yaml"), "\n".join(f"b-{i}" for i in range(10)))
+    assert result.status == "budget_exceeded"
+    assert result.error is not None and result.error["type"] == "BudgetExceeded"
+    assert "model_calls limit reached" in result.error["message"]
+    assert result.model_calls <= 3
+    assert sum(1 for r in list(fake.requests)[first:] if "b-" in r.text) <= 3
+    record, _ = await _steps(store_url, result.run_id)
+    assert record.status == "budget_exceeded"
+
+
+def test_the_cli_submits_to_temporal(workers: Workers, address: str, flows: Path, store_url: str,
+                                     env: dict[str, str]) -> None:
+    base = [sys.executable, "-m", "baton", "run", "--engine", "temporal", "--temporal", address,
+            "--task-queue", QUEUE, "--store", store_url, "--json"]
+    ok = subprocess.run([*base, str(flows / "fan.yaml"), "--input", "x-1\nx-2"], env=env, capture_output=True,
+                        timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["status"] == "succeeded" and out["model_calls"] == 2
+    capped = subprocess.run([*base, str(flows / "capped.yaml"), "--input", "\n".join(f"y-{i}" for i in range(9))],
+                            env=env, capture_output=True, timeout=300)
+    assert capped.returncode == 3 and json.loads(capped.stdout)["status"] == "budget_exceeded"
+    shown = subprocess.run([sys.executable, "-m", "baton", "show", out["run_id"], "--store", store_url, "--json"],
+                           env=env, capture_output=True, timeout=120)
+    assert shown.returncode == 0 and json.loads(shown.stdout)["status"] == "succeeded"
+    no_address = {k: v for k, v in env.items() if k != "BATON_TEMPORAL"}
+    bad = subprocess.run([*base[:6], str(flows / "fan.yaml"), "--input", "z", "--json"], env=no_address,
+                         capture_output=True, timeout=120)
+    assert bad.returncode == 2 and b"--temporal HOST:PORT" in bad.stderr
+
+
+async def test_recorded_histories_replay_deterministically(workers: Workers, engine: TemporalEngine,
+                                                           address: str, flows: Path, store_url: str,
+                                                           local_env: None) -> None:
+    orch = load_workflow_file(flows / "orch50.yaml")
+    result = await engine.run(orch, "replay me")
+    assert result.status == "succeeded", result.error
+    history = await (await engine.client()).get_workflow_handle(result.run_id).fetch_history()
+    await replay(history, WorkerOptions(address, task_queue=QUEUE, workflows=[orch], store=store_url,
+                                        provider="anthropic"))
+
+    fan = load_workflow_file(flows / "fan.yaml")
+    result = await engine.run(fan, "r-1\nr-2\nr-3")
+    history = await (await engine.client()).get_workflow_handle(result.run_id).fetch_history()
+    changed = flows.parent / "changed" / "fan.yaml"
+    changed.parent.mkdir(exist_ok=True)
+    changed.write_text(FLOWS["fan.yaml"].replace("over: lines}", "over: lines}, aggregator: echo"))
+    other = load_workflow_file(changed)
+    other.sha256 = fan.sha256  # the same file hash, other code (as when a tool module changed)
+    with pytest.raises(Exception, match="[Nn]ondeterminism"):
+        await replay(history, WorkerOptions(address, task_queue=QUEUE, workflows=[other], store=store_url,
+                                            provider="anthropic"))

@@ -76,7 +76,7 @@ class TemporalEngine:
             await self._close_store(store)
         client = await self.client()
         args = {"run_id": run_id, "workflow": name, "sha256": sha, "input": input, "limits": limits.to_dict(),
-                "options": dict(self.options)}
+                "options": dict(self.options), "task_queue": self.task_queue}
         await client.start_workflow(WORKFLOW_NAME, args, id=run_id, task_queue=self.task_queue)
         return run_id
 

@@ -129,8 +129,10 @@ def uninstall(ctx: WorkerContext) -> None:
         del _CONTEXTS[ctx.task_queue]
 
 
-def context_for(task_queue: str) -> WorkerContext:
-    ctx = _CONTEXTS.get(task_queue)
+def context_for(task_queue: str, submitted_to: Any = None) -> WorkerContext:
+    """The worker resources for a workflow on ``task_queue``; a replayer (its own queue name)
+    uses those of the queue the run was submitted to."""
+    ctx = _CONTEXTS.get(task_queue) or (_CONTEXTS.get(submitted_to) if isinstance(submitted_to, str) else None)
     if ctx is None:
         raise UsageError(f"no baton worker for task queue {task_queue!r} runs in this process")
     return ctx

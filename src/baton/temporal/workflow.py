@@ -22,7 +22,7 @@ WORKFLOW_NAME = "baton.run"
 
 @workflow.defn(name=WORKFLOW_NAME)
 class BatonRun:
-    """Arguments: ``{run_id, workflow, sha256, input, limits, options}``; result: the run's ``--json`` object."""
+    """Arguments: ``{run_id, workflow, sha256, input, limits, options, task_queue}``; result: the run's ``--json`` object."""
 
     def __init__(self) -> None:
         self._runtime: WorkflowRuntime | None = None
@@ -30,7 +30,7 @@ class BatonRun:
 
     @workflow.run
     async def run(self, args: dict[str, Any]) -> dict[str, Any]:
-        worker = context_for(workflow.info().task_queue)
+        worker = context_for(workflow.info().task_queue, args.get("task_queue"))
         name = str(args["workflow"])
         try:
             hosted = worker.workflow(name, args.get("sha256"))
