@@ -8,6 +8,7 @@ must be OK.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from _services import in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -29,6 +32,7 @@ SMALLEST = {
     "bench_retrieval.py": ["--repeats", "1"],
     "bench_observe.py": ["--n", "200", "--calls", "200", "--concurrency", "50", "--rounds", "1"],
     "bench_serve.py": ["--runs", "30", "--clients", "5", "--subscribers", "3", "--latency", "0.05", "--cli-runs", "1"],
+    "bench_temporal.py": ["--calls", "20"],
 }
 SUMMARY = {
     "bench_agent_call.py": "SUMMARY agent_call:",
@@ -40,6 +44,7 @@ SUMMARY = {
     "bench_observe.py": "SUMMARY observe:",
     "bench_serve.py": "SUMMARY serve:",
     "bench_retrieval.py": "SUMMARY retrieval:",
+    "bench_temporal.py": "SUMMARY temporal:",
 }
 
 
@@ -52,6 +57,8 @@ def test_every_benchmark_script_is_covered() -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("script", sorted(SMALLEST))
 def test_benchmark_runs_and_prints_its_summary(script: str) -> None:
+    if script == "bench_temporal.py" and importlib.util.find_spec("temporalio") is None and not in_ci():
+        pytest.skip("temporalio is not installed (pip install 'baton-agents[temporal]')")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *SMALLEST[script]], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=110)
@@ -77,6 +84,7 @@ TIMED: dict[str, list[str]] = {
     "bench_faults.py": [],
     "bench_serve.py": [],
     "bench_retrieval.py": [],
+    "bench_temporal.py": [],
 }
 
 
@@ -107,6 +115,8 @@ def check_verdicts(script: str, line: str) -> None:
     if script == "bench_retrieval.py":  # quality on the committed evaluation set: not a timing
         m = re.search(rf"bm25 recall@5 {NUM} \(target >= {NUM}: (OK|MISSED)\)", line)
         assert m and (m.group(3) == "OK") == (float(m.group(1)) >= float(m.group(2))), line
+    if script == "bench_temporal.py":  # correctness: every variant's run finished with every call
+        assert re.search(r"every run completed with \d+ calls: OK", line), line
     if script == "bench_prompt_cache.py":
         m = re.search(r"(\d+) write \+ (\d+) reads \(expected 1 \+ (\d+): OK\)", line)
         assert m and m.group(1) == "1" and m.group(2) == m.group(3), line
