@@ -99,11 +99,13 @@ class Workers:
 
 def measure(name: str, calls: int, client_args: list[str], env: dict[str, str], pids: list[int],
             workers: Workers | None) -> Result:
-    before = sum(cpu_of(p) for p in pids) + (workers.cpu() if workers else 0.0)
+    server0, workers0 = sum(cpu_of(p) for p in pids), (workers.cpu() if workers else 0.0)
     t_before = os.times()
     result, wall = run_client(client_args, env)
     client = child_cpu(t_before)
-    others = sum(cpu_of(p) for p in pids) + (workers.cpu() if workers else 0.0) - before
+    server, in_workers = sum(cpu_of(p) for p in pids) - server0, (workers.cpu() if workers else 0.0) - workers0
+    others = server + in_workers
+    print(f"{name}: CPU s client {client:.2f}, workers {in_workers:.2f}, Temporal server {server:.2f}")
     ok = result.get("status") == "succeeded" and result.get("model_calls") == calls
     return Result(name, calls, client + others, wall, errors=0 if ok else 1,
                   first_error=None if ok else str(result.get("error") or result.get("status"))[:200])

@@ -449,3 +449,17 @@ async def test_recorded_histories_replay_deterministically(workers: Workers, eng
     with pytest.raises(Exception, match="[Nn]ondeterminism"):
         await replay(history, WorkerOptions(address, task_queue=QUEUE, workflows=[other], store=store_url,
                                             provider="anthropic"))
+
+
+async def test_a_worker_refuses_a_file_it_does_not_host_as_submitted(workers: Workers, engine: TemporalEngine,
+                                                                    flows: Path, store_url: str) -> None:
+    changed = flows.parent / "edited" / "fan.yaml"
+    changed.parent.mkdir(exist_ok=True)
+    changed.write_text(FLOWS["fan.yaml"].replace("max_tokens: 100", "max_tokens: 90"))
+    result = await engine.run(load_workflow_file(changed), "e-1")
+    assert result.status == "failed" and result.error is not None
+    assert "not the file the run was submitted with" in result.error["message"]
+    unknown = await engine.run("no-such-workflow", "e-2")
+    assert unknown.status == "failed" and "is not hosted" in str(unknown.error)
+    record, _ = await _steps(store_url, unknown.run_id)
+    assert record.status == "failed"

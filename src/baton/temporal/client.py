@@ -7,6 +7,7 @@ workflow id is the run id.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,11 @@ class TemporalEngine:
     """Activity scheduling (``heartbeat_s``, ``call_timeout_s``, ``max_attempts``): see ``flow.CallOptions``."""
     _client: Any = None
 
+    def __post_init__(self) -> None:
+        from baton.temporal.flow import CallOptions
+
+        CallOptions.from_dict(self.options)  # bad options fail here, before anything is recorded
+
     async def client(self) -> Any:
         if self._client is None:
             self._client = await connect(self.address, self.namespace)
@@ -68,16 +74,21 @@ class TemporalEngine:
         if sha:
             meta[SHA_KEY] = sha
         ref = name if isinstance(workflow, str) else workflow_ref(workflow)
-        store = await self._open_store()
-        try:
-            await store.create_run(RunRecord(run_id=run_id, workflow=ref, input=input, limits=limits.to_dict(),
-                                             metadata=meta))
-        finally:
-            await self._close_store(store)
-        client = await self.client()
+        client = await self.client()  # unreachable: nothing is recorded
+        record = RunRecord(run_id=run_id, workflow=ref, input=input, limits=limits.to_dict(), metadata=meta)
         args = {"run_id": run_id, "workflow": name, "sha256": sha, "input": input, "limits": limits.to_dict(),
                 "options": dict(self.options), "task_queue": self.task_queue}
-        await client.start_workflow(WORKFLOW_NAME, args, id=run_id, task_queue=self.task_queue)
+        store = await self._open_store()
+        try:
+            await store.create_run(record)  # durable before any work starts
+            try:
+                await client.start_workflow(WORKFLOW_NAME, args, id=run_id, task_queue=self.task_queue)
+            except Exception as exc:  # refused: the run is recorded failed, not left pending
+                record.status, record.error = "failed", {"type": "TemporalError", "message": str(exc)}
+                await store.update_run(record, transition="failed", detail={"error": record.error})
+                raise UsageError(f"Temporal refused run {run_id}: {exc}") from None
+        finally:
+            await self._close_store(store)
         return run_id
 
     async def result(self, run_id: str) -> RunResult:
@@ -116,3 +127,17 @@ class TemporalEngine:
     async def cancel(self, run_id: str) -> None:
         """Cancel the run: its workflow stops, the store records it ``cancelled``."""
         await (await self.client()).get_workflow_handle(run_id).cancel()
+
+
+def engine_from_options(options: dict[str, Any]) -> TemporalEngine:
+    """``baton.run(..., engine="temporal", temporal="HOST:PORT", ...)``: the engine those options name."""
+    known = {"temporal", "namespace", "task_queue", "store", "call_options"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown option {unknown[0]!r} for engine='temporal'; expected one of {sorted(known)}")
+    address = options.get("temporal") or os.environ.get("BATON_TEMPORAL")
+    if not address:
+        raise UsageError("engine='temporal' needs temporal='HOST:PORT' (or BATON_TEMPORAL)")
+    return TemporalEngine(str(address), namespace=options.get("namespace", "default"),
+                          task_queue=options.get("task_queue", "baton"), store=options.get("store"),
+                          options=dict(options.get("call_options") or {}))

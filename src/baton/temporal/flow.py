@@ -20,7 +20,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy as TemporalRetry
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from baton.errors import BatonError, DecisionRequired, StepFailed
+from baton.errors import BatonError, DecisionRequired, StepFailed, UsageError
 from baton.messages import ModelRequest, ModelResponse, ToolResultBlock, ToolUseBlock, response_from_dict
 from baton.observe import events as ev
 from baton.observe.events import Event, EventStream, new_id
@@ -51,9 +51,23 @@ class CallOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> CallOptions:
-        d = d or {}
-        return cls(float(d.get("heartbeat_s", 30.0)), float(d.get("call_timeout_s", 3600.0)),
-                   int(d.get("max_attempts", 5)))
+        """Checked: NaN, infinite, negative or absurd values are a ``UsageError`` naming the option."""
+        d = dict(d or {})
+        unknown = sorted(set(d) - {"heartbeat_s", "call_timeout_s", "max_attempts"})
+        if unknown:
+            raise UsageError(f"unknown call option {unknown[0]!r}; expected heartbeat_s, call_timeout_s, "
+                             f"max_attempts")
+        out = cls()
+        for name, high in (("heartbeat_s", 86_400.0), ("call_timeout_s", 7 * 86_400.0)):
+            value = d.get(name, getattr(out, name))
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
+                raise UsageError(f"call option {name} must be a number of seconds in (0, {high:g}], not {value!r}")
+            setattr(out, name, float(value))
+        attempts = d.get("max_attempts", out.max_attempts)
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 100:
+            raise UsageError(f"call option max_attempts must be a whole number in [1, 100], not {attempts!r}")
+        out.max_attempts = attempts
+        return out
 
 
 class _NoDeadlineBudget(BudgetTracker):

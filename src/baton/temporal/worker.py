@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +25,22 @@ run's arguments and the activities' results; the replay test checks that)."""
 
 
 async def connect(address: str, namespace: str = "default") -> Any:
-    """A Temporal client; an unreachable address is a ``UsageError`` naming it."""
+    """A Temporal client; an unreachable address is a ``UsageError`` naming it.
+
+    ``BATON_TEMPORAL_API_KEY`` (Temporal Cloud) connects with that key over TLS;
+    ``BATON_TEMPORAL_TLS=1`` asks for TLS without a key (a self-hosted cluster behind TLS).
+    """
     from temporalio.client import Client
 
+    from baton.masking import mask_in
+
+    api_key = os.environ.get("BATON_TEMPORAL_API_KEY") or None
+    tls = api_key is not None or os.environ.get("BATON_TEMPORAL_TLS", "") in ("1", "true")
     try:
-        return await Client.connect(address, namespace=namespace)
+        return await Client.connect(address, namespace=namespace, api_key=api_key, tls=tls)
     except Exception as exc:  # the SDK raises RuntimeError for a refused connection
-        raise UsageError(f"cannot reach Temporal at {address} (namespace {namespace}): {exc}") from None
+        message = str(mask_in(str(exc))).replace(api_key or "\0", "***")
+        raise UsageError(f"cannot reach Temporal at {address} (namespace {namespace}): {message}") from None
 
 
 @dataclass

@@ -35,11 +35,12 @@ class BatonRun:
         try:
             hosted = worker.workflow(name, args.get("sha256"))
             limits = Limits.from_dict(args.get("limits"))
+            options = CallOptions.from_dict(args.get("options"))
         except BatonError as exc:  # told once, in the run's record: a workflow task would retry forever
             runtime = new_runtime(worker, str(args["run_id"]), name, Limits(), CallOptions(), None)
             return await refuse(runtime, exc)
-        runtime = new_runtime(worker, str(args["run_id"]), hosted.name, limits,
-                              CallOptions.from_dict(args.get("options")), getattr(hosted.workflow, "retry", None))
+        runtime = new_runtime(worker, str(args["run_id"]), hosted.name, limits, options,
+                              getattr(hosted.workflow, "retry", None))
         runtime.decisions.update(self._early)
         self._runtime = runtime
         return await execute(runtime, hosted.workflow, args.get("input"))
