@@ -463,3 +463,22 @@ async def test_a_worker_refuses_a_file_it_does_not_host_as_submitted(workers: Wo
     assert unknown.status == "failed" and "is not hosted" in str(unknown.error)
     record, _ = await _steps(store_url, unknown.run_id)
     assert record.status == "failed"
+
+
+def test_the_service_runs_on_temporal_workers(workers: Workers, address: str, flows: Path, store_url: str,
+                                              fake: FakeAnthropicServer, tmp: Path) -> None:
+    pytest.importorskip("fastapi", reason="fastapi is not installed (pip install 'baton-agents[server]')")
+    from _serve import Serve
+
+    serve = Serve(flows, store_url, fake.url, tmp, extra=["--engine", "temporal", "--temporal", address,
+                                                           "--task-queue", QUEUE]).start()
+    try:
+        run_id = serve.submit("fan", "v-1\nv-2\nv-3")
+        body = serve.wait(run_id, timeout_s=120)
+        assert body["model_calls"] == 3 and len(body["output"]) == 3
+        slow = serve.submit("slow", "\n".join(f"w-{i:03d}" for i in range(64)))
+        serve.wait(slow, ("running",), timeout_s=60)
+        assert serve.call("POST", f"/v1/runs/{slow}/cancel").status == 202
+        assert serve.wait(slow, ("cancelled",), timeout_s=120)["status"] == "cancelled"
+    finally:
+        serve.stop()

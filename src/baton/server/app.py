@@ -42,6 +42,8 @@ class ServeConfig:
     sweep_s: float = 15.0
     webhook_window_s: float = 300.0
     access_log: bool = True
+    engine: Any = None
+    """None: runs execute in this service; a ``baton.temporal.TemporalEngine``: on its workers."""
 
 
 def _tenant(request: Request, svc: Service) -> str:

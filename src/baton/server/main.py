@@ -29,7 +29,17 @@ def _config(args: argparse.Namespace) -> Any:
     return ServeConfig(store_url=args.store, workflows_dir=args.workflows, keys=keys, max_runs=args.max_runs,
                        tenant_limits=load_tenant_limits(args.tenant_limits), queue_url=args.queue,
                        provider=args.provider, max_body_bytes=args.max_body, sweep_s=args.recover_every,
-                       webhook_window_s=args.webhook_window, access_log=not args.no_access_log)
+                       webhook_window_s=args.webhook_window, access_log=not args.no_access_log,
+                       engine=_temporal(args))
+
+
+def _temporal(args: argparse.Namespace) -> Any:
+    """``--engine temporal``: where the runs execute (None: in this service)."""
+    if getattr(args, "engine", "local") != "temporal":
+        return None
+    from baton.temporal.cli import temporal_engine
+
+    return temporal_engine(args)
 
 
 async def serve(args: argparse.Namespace) -> int:

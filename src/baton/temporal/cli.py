@@ -12,6 +12,7 @@ from baton.errors import UsageError
 if TYPE_CHECKING:  # the CLI imports this module for its options: nothing heavy at import
     from baton.runtime.budget import Limits
     from baton.runtime.engine import RunResult
+    from baton.temporal.client import TemporalEngine
 
 
 def add_engine_options(sp: argparse.ArgumentParser) -> None:
@@ -34,13 +35,17 @@ def _address(args: argparse.Namespace) -> str:
     return str(address)
 
 
+def temporal_engine(args: argparse.Namespace) -> TemporalEngine:
+    """The ``TemporalEngine`` the engine options name (``--temporal``, ``--namespace``, ``--task-queue``)."""
+    from baton.temporal.client import TemporalEngine
+
+    return TemporalEngine(_address(args), namespace=args.namespace, task_queue=args.task_queue, store=args.store)
+
+
 async def run_on_temporal(args: argparse.Namespace, workflow: Any, input: Any, run_id: str,
                           limits: Limits) -> RunResult:
     """``baton run --engine temporal``: record the run, start it on the workers, wait for its result."""
-    from baton.temporal.client import TemporalEngine
-
-    engine = TemporalEngine(_address(args), namespace=args.namespace, task_queue=args.task_queue, store=args.store)
-    return await engine.run(workflow, input, run_id=run_id, limits=limits)
+    return await temporal_engine(args).run(workflow, input, run_id=run_id, limits=limits)
 
 
 def add_worker_parser(sub: Any) -> None:
