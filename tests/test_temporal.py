@@ -346,6 +346,37 @@ async def test_a_worker_killed_mid_run_loses_nothing(workers: Workers, engine: T
     assert all(sent[_item_of(args)] == 1 for args in completed if "SLOW" in str(args["request"]["system"]))
 
 
+async def _waiting_step(engine: TemporalEngine, run_id: str) -> str:
+    deadline = time.monotonic() + 60
+    while not (await engine.state(run_id))["waiting"]:
+        assert time.monotonic() < deadline, "the run never asked for approval"
+        await asyncio.sleep(0.1)
+    return str(next(iter((await engine.state(run_id))["waiting"])))
+
+
+async def test_approval_by_signal_from_the_cli(address: str, store_url: str, local_env: None,
+                                               env: dict[str, str]) -> None:
+    from flows.approval import announce
+
+    opts = WorkerOptions(address, task_queue="baton-approvals-cli", workflows=[announce], store=store_url,
+                         provider="anthropic")
+    engine = TemporalEngine(address, task_queue="baton-approvals-cli", store=store_url, options=dict(FAST))
+    async with running_worker(opts):
+        run_id = await engine.start(announce, "the recall")
+        step = await _waiting_step(engine, run_id)
+        base = [sys.executable, "-m", "baton", "approve", run_id, step, "--reject", "--store", store_url]
+        no_address = {k: v for k, v in env.items() if k != "BATON_TEMPORAL"}
+        refused = await asyncio.create_subprocess_exec(*base, env=no_address, stderr=asyncio.subprocess.PIPE)
+        _, err = await refused.communicate()
+        assert refused.returncode == 2 and b"runs on Temporal: pass --temporal" in err
+        cli = await asyncio.create_subprocess_exec(*base, "--temporal", address, env=no_address,
+                                                   stderr=asyncio.subprocess.PIPE)
+        _, err = await cli.communicate()
+        assert cli.returncode == 0, err
+        result = await asyncio.wait_for(engine.result(run_id), 60)
+    assert result.status == "succeeded" and result.output["published"] is False
+
+
 async def test_approval_by_signal(address: str, store_url: str, local_env: None) -> None:
     from flows.approval import announce
 

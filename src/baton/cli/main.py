@@ -388,9 +388,17 @@ async def _cmd_approve(args: argparse.Namespace) -> int:
             edit = json.loads(edit)
     if args.resume:
         _named_workflow(args)  # a bad --workflow is refused before the decision is written
+    from baton.temporal.cli import temporal_run
+
+    temporal = await temporal_run(args)  # a run on Temporal waits for the decision as a signal
     await decide(args.run_id, args.step, approved=not args.reject, edit=edit, by=args.by or os.environ.get("USER"),
                  note=args.note, store=args.store)
     _err(f"baton: recorded {'rejection' if args.reject else 'approval'} of {args.step} for run {args.run_id}")
+    if temporal is not None:
+        await temporal.approve(args.run_id, args.step, approved=not args.reject, edit=edit,
+                               by=args.by or os.environ.get("USER"), note=args.note)
+        _err(f"baton: run {args.run_id} continues on its Temporal workers")
+        return 0
     if args.resume:
         ns = argparse.Namespace(**vars(args), force=False, budget_usd=None, budget_tokens=None, provider=None,
                                 log_jsonl=None, metrics_port=None, trace=None, capture="metadata", quiet=False,
@@ -591,6 +599,9 @@ def _add_control_parsers(sub: Any) -> None:
     a.add_argument("--resume", action="store_true", help="resume the run right away")
     _workflow_option(a, "resume")
     _store_options(a)
+    from baton.temporal.cli import add_address_option
+
+    add_address_option(a)  # --temporal HOST:PORT: a run on the Temporal engine gets the decision as a signal
     a.set_defaults(fn=_cmd_approve)
 
     c = sub.add_parser("cancel", help="mark a stopped run cancelled (it will not be resumed)")

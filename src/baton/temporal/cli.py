@@ -93,3 +93,31 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
     await run_worker(opts, ready=ready)
     return 0
+
+
+def add_address_option(sp: argparse.ArgumentParser) -> None:
+    """``--temporal HOST:PORT`` for commands acting on a run that may live on Temporal (approve)."""
+    sp.add_argument("--temporal", metavar="HOST:PORT", default=os.environ.get("BATON_TEMPORAL"),
+                    help="for a run on the Temporal engine: where to signal it (default: $BATON_TEMPORAL)")
+
+
+async def temporal_run(args: argparse.Namespace) -> TemporalEngine | None:
+    """The engine to signal when ``args.run_id`` runs on Temporal (None: a local run).
+    A Temporal run without ``--temporal`` is refused before anything is written."""
+    from baton.stores import open_store
+
+    store = open_store(args.store)
+    await store.open()
+    try:
+        meta = (await store.get_run(args.run_id)).metadata
+    finally:
+        await store.close()
+    if meta.get("engine") != "temporal":
+        return None
+    if not getattr(args, "temporal", None):
+        raise UsageError(f"run {args.run_id} runs on Temporal: pass --temporal HOST:PORT (or set BATON_TEMPORAL) "
+                         f"so the decision reaches it")
+    from baton.temporal.client import TemporalEngine
+
+    return TemporalEngine(_address(args), namespace=str(meta.get("namespace") or "default"),
+                          task_queue=str(meta.get("task_queue") or "baton"), store=args.store)

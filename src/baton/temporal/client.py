@@ -70,7 +70,7 @@ class TemporalEngine:
         name = workflow if isinstance(workflow, str) else hosted_key(workflow)
         limits = limits or getattr(workflow, "limits", None) or Limits()
         sha = getattr(workflow, "sha256", None) or ""
-        meta = {**(metadata or {}), "engine": "temporal", "task_queue": self.task_queue}
+        meta = {**(metadata or {}), "engine": "temporal", "namespace": self.namespace, "task_queue": self.task_queue}
         if sha:
             meta[SHA_KEY] = sha
         ref = name if isinstance(workflow, str) else workflow_ref(workflow)
