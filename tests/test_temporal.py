@@ -407,14 +407,18 @@ async def test_approval_by_signal(address: str, store_url: str, local_env: None)
 
 
 async def test_cancel_stops_the_run(workers: Workers, engine: TemporalEngine, fake: FakeAnthropicServer,
-                                    flows: Path, store_url: str) -> None:
+                                    flows: Path, store_url: str, env: dict[str, str], address: str) -> None:
     first = len(fake.requests)
     run_id = await engine.start(load_workflow_file(flows / "slow.yaml"), "\n".join(f"c-{i:03d}" for i in range(64)))
     deadline = time.monotonic() + 60
     while not any(r.status == 200 for r in list(fake.requests)[first:]):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.05)
-    await engine.cancel(run_id)
+    cli = await asyncio.create_subprocess_exec(sys.executable, "-m", "baton", "cancel", run_id, "--store", store_url,
+                                               "--temporal", address, "--json", env=env,
+                                               stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await cli.communicate()
+    assert cli.returncode == 0 and json.loads(out)["status"] == "cancelled", err
     result = await asyncio.wait_for(engine.result(run_id), 60)
     assert result.status == "cancelled"
     record, _ = await _steps(store_url, run_id)

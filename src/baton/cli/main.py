@@ -410,8 +410,13 @@ async def _cmd_approve(args: argparse.Namespace) -> int:
 
 async def _cmd_cancel(args: argparse.Namespace) -> int:
     from baton.runtime.engine import Engine
+    from baton.temporal.cli import cancel_on_temporal, temporal_run
 
-    record = await Engine(store=args.store).cancel(args.run_id, force=args.force, reason=args.reason)
+    temporal = await temporal_run(args)  # a run on Temporal is cancelled there (its workers record it)
+    if temporal is not None:
+        record = await cancel_on_temporal(temporal, args.run_id)
+    else:
+        record = await Engine(store=args.store).cancel(args.run_id, force=args.force, reason=args.reason)
     if args.json:
         _print_json({"run_id": record.run_id, "status": record.status})
     else:
@@ -609,6 +614,7 @@ def _add_control_parsers(sub: Any) -> None:
     c.add_argument("--force", action="store_true", help="even if a live process seems to own it")
     c.add_argument("--reason")
     _store_options(c)
+    add_address_option(c)
     c.set_defaults(fn=_cmd_cancel)
 
     rp = sub.add_parser("replay", help="re-execute against the journal only and report divergence")

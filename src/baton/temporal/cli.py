@@ -116,8 +116,21 @@ async def temporal_run(args: argparse.Namespace) -> TemporalEngine | None:
         return None
     if not getattr(args, "temporal", None):
         raise UsageError(f"run {args.run_id} runs on Temporal: pass --temporal HOST:PORT (or set BATON_TEMPORAL) "
-                         f"so the decision reaches it")
+                         f"to reach it")
     from baton.temporal.client import TemporalEngine
 
     return TemporalEngine(_address(args), namespace=str(meta.get("namespace") or "default"),
                           task_queue=str(meta.get("task_queue") or "baton"), store=args.store)
+
+
+async def cancel_on_temporal(engine: TemporalEngine, run_id: str) -> Any:
+    """``baton cancel`` of a run on Temporal: cancel its workflow, return the record its workers wrote."""
+    from baton.stores import open_store
+    from baton.temporal.service import ServiceEngine
+
+    store = open_store(engine.store if isinstance(engine.store, str) else None)
+    await store.open()
+    try:
+        return await ServiceEngine(engine, store).cancel(run_id)
+    finally:
+        await store.close()
