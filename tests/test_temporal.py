@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from _services import in_ci
-from baton.testing import FakeAnthropicServer, json_reply, text
+from baton.testing import FakeAnthropicServer, json_reply, text, tool_call
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +104,30 @@ agents:
 workflow: {pattern: fan_out, each: {agent: echo, over: lines}}
 limits: {concurrency: 2, max_model_calls: 3}
 """,
+    "launch.yaml": """
+version: 1
+name: launch
+defaults: {model: claude-haiku-4-5, max_tokens: 100}
+tools:
+  launch: {python: "rockets:launch", idempotent: false}
+agents:
+  launcher: {system: "You are LAUNCHER.", tools: [launch]}
+workflow: {pattern: agent, agent: launcher}
+""",
 }
+ROCKETS = '''"""A tool with a side effect that must not happen twice unasked (tests of the Temporal engine)."""
+import os
+import pathlib
+import time
+
+
+def launch(target: str) -> str:
+    """Launch the rocket at the target."""
+    marks = pathlib.Path(os.environ["BATON_TEST_MARKS"])
+    (marks / f"{os.getpid()}-{time.monotonic_ns()}").write_text(target)
+    time.sleep(float(os.environ.get("BATON_TEST_LAUNCH_S", "0")))
+    return f"launched at {target}"
+'''
 
 
 def _digest(value: str) -> str:
@@ -121,6 +144,9 @@ def _rules(server: FakeAnthropicServer) -> None:
     server.add_rule("You are WRITER", reply=lambda req: text(f"final {_digest(_last_user(req))}"))
     server.add_rule("You are ECHO", reply=lambda req: text("echo " + _last_user(req)[-12:]))
     server.add_rule("You are SLOW", reply=lambda req: text("slow " + _last_user(req)[-12:]), latency_s=1.0)
+    server.add_rule("You are LAUNCHER.*(launched at|not re-run)", reply=lambda req: text(
+        "done: " + str(getattr(req.messages[-1].content[-1], "content", ""))))
+    server.add_rule("You are LAUNCHER", reply=tool_call("launch", {"target": "the moon"}))
 
 
 # --- the services ---------------------------------------------------------------------
@@ -206,6 +232,14 @@ def flows(tmp: Path) -> Path:
     folder.mkdir()
     for name, body in FLOWS.items():
         (folder / name).write_text(body)
+    (folder / "rockets.py").write_text(ROCKETS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def marks(tmp: Path) -> Path:
+    folder = tmp / "marks"
+    folder.mkdir()
     return folder
 
 
@@ -215,9 +249,10 @@ def store_url(tmp: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(fake: FakeAnthropicServer) -> dict[str, str]:
+def env(fake: FakeAnthropicServer, marks: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, TESTS, os.environ.get("PYTHONPATH", "")]),
-            "ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": fake.url}
+            "ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": fake.url, "BATON_TEST_MARKS": str(marks),
+            "BATON_TEST_LAUNCH_S": "8"}
 
 
 @pytest.fixture(scope="module")
@@ -517,3 +552,28 @@ def test_the_service_runs_on_temporal_workers(workers: Workers, address: str, fl
         assert serve.wait(slow, ("cancelled",), timeout_s=120)["status"] == "cancelled"
     finally:
         serve.stop()
+
+
+async def test_a_non_idempotent_tool_lost_with_its_worker_waits_for_a_decision(
+        workers: Workers, engine: TemporalEngine, flows: Path, marks: Path, store_url: str) -> None:
+    run_id = await engine.start(load_workflow_file(flows / "launch.yaml"), "go")
+    deadline = time.monotonic() + 60
+    while not list(marks.iterdir()):  # the tool has started on one of the workers
+        assert time.monotonic() < deadline, "the tool never ran"
+        await asyncio.sleep(0.05)
+    pid = int(next(marks.iterdir()).name.split("-")[0])
+    lost = next(i for i, p in enumerate(workers.procs) if p.pid == pid)
+    workers.kill(lost)
+    try:
+        step = await _waiting_step(engine, run_id)
+        assert step.endswith("#decision")  # not re-run blindly: its outcome is unknown
+        record, steps = await _steps(store_url, run_id)
+        assert record.status == "awaiting_approval"
+        assert len(list(marks.iterdir())) == 1
+        await engine.approve(run_id, step, approved=True, by="ops")  # run it again
+        result = await asyncio.wait_for(engine.result(run_id), 120)
+    finally:
+        workers.start(lost)
+    assert result.status == "succeeded", result.error
+    assert "launched at the moon" in str(result.output)
+    assert len(list(marks.iterdir())) == 2  # once lost with its worker, once after the decision
