@@ -554,14 +554,19 @@ def test_the_service_runs_on_temporal_workers(workers: Workers, address: str, fl
         serve.stop()
 
 
+def _launches(marks: Path) -> list[str]:
+    """The tool's launches so far: one file each, named by the worker's pid."""
+    return sorted(os.listdir(marks))
+
+
 async def test_a_non_idempotent_tool_lost_with_its_worker_waits_for_a_decision(
         workers: Workers, engine: TemporalEngine, flows: Path, marks: Path, store_url: str) -> None:
     run_id = await engine.start(load_workflow_file(flows / "launch.yaml"), "go")
     deadline = time.monotonic() + 60
-    while not list(marks.iterdir()):  # the tool has started on one of the workers
+    while not _launches(marks):  # the tool has started on one of the workers
         assert time.monotonic() < deadline, "the tool never ran"
         await asyncio.sleep(0.05)
-    pid = int(next(marks.iterdir()).name.split("-")[0])
+    pid = int(_launches(marks)[0].split("-")[0])
     lost = next(i for i, p in enumerate(workers.procs) if p.pid == pid)
     workers.kill(lost)
     try:
@@ -569,11 +574,11 @@ async def test_a_non_idempotent_tool_lost_with_its_worker_waits_for_a_decision(
         assert step.endswith("#decision")  # not re-run blindly: its outcome is unknown
         record, steps = await _steps(store_url, run_id)
         assert record.status == "awaiting_approval"
-        assert len(list(marks.iterdir())) == 1
+        assert len(_launches(marks)) == 1
         await engine.approve(run_id, step, approved=True, by="ops")  # run it again
         result = await asyncio.wait_for(engine.result(run_id), 120)
     finally:
         workers.start(lost)
     assert result.status == "succeeded", result.error
     assert "launched at the moon" in str(result.output)
-    assert len(list(marks.iterdir())) == 2  # once lost with its worker, once after the decision
+    assert len(_launches(marks)) == 2  # once lost with its worker, once after the decision
