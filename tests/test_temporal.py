@@ -104,6 +104,17 @@ agents:
 workflow: {pattern: fan_out, each: {agent: echo, over: lines}}
 limits: {concurrency: 2, max_model_calls: 3}
 """,
+    "paced.yaml": """
+version: 1
+name: paced
+defaults: {model: claude-haiku-4-5, max_tokens: 100}
+agents:
+  echo: {system: "You are ECHO."}
+workflow: {pattern: fan_out, each: {agent: echo, over: lines}}
+limits: {concurrency: 20}
+rate_limits:
+  claude-haiku-4-5: {rpm: 240}
+""",
     "launch.yaml": """
 version: 1
 name: launch
@@ -155,17 +166,19 @@ def _rules(server: FakeAnthropicServer) -> None:
 class Workers:
     """``baton worker`` subprocesses on one task queue; each can be killed and started again."""
 
-    def __init__(self, address: str, flows: Path, store: str, env: dict[str, str], logs: Path) -> None:
+    def __init__(self, address: str, flows: Path, store: str, env: dict[str, str], logs: Path,
+                 queue: str = QUEUE) -> None:
         self.address, self.flows, self.store, self.env, self.logs = address, flows, store, env, logs
+        self.queue = queue
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, i: int) -> None:
-        log = self.logs / f"worker{i}-{time.monotonic_ns()}.log"
+        log = self.logs / f"{self.queue}-worker{i}-{time.monotonic_ns()}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "baton", "worker", "--temporal", self.address, "--task-queue", QUEUE,
+                [sys.executable, "-m", "baton", "worker", "--temporal", self.address, "--task-queue", self.queue,
                  "--workflows", str(self.flows), "--store", self.store, "--provider", "anthropic",
-                 "--log-jsonl", str(self.logs / f"events{i}.jsonl")],
+                 "--log-jsonl", str(self.logs / f"{self.queue}-events{i}.jsonl")],
                 env=self.env, stdout=out, stderr=subprocess.STDOUT)
         if i < len(self.procs):
             self.procs[i] = proc
@@ -179,7 +192,7 @@ class Workers:
 
     def responses(self, i: int, run_id: str) -> int:
         """Model responses worker ``i`` reported for ``run_id`` (its JSONL event log)."""
-        path = self.logs / f"events{i}.jsonl"
+        path = self.logs / f"{self.queue}-events{i}.jsonl"
         if not path.exists():
             return 0
         events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -582,3 +595,30 @@ async def test_a_non_idempotent_tool_lost_with_its_worker_waits_for_a_decision(
     assert result.status == "succeeded", result.error
     assert "launched at the moon" in str(result.output)
     assert len(_launches(marks)) == 2  # once lost with its worker, once after the decision
+
+
+def test_rate_limits_are_shared_by_the_workers_through_redis(address: str, flows: Path, store_url: str,
+                                                             env: dict[str, str], tmp: Path,
+                                                             fake: FakeAnthropicServer, needs_redis: None) -> None:
+    from _services import REDIS_URL
+
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    paced = Workers(address, flows, store_url, {**env, "BATON_RATE_LIMIT_URL": REDIS_URL}, tmp, queue="baton-paced")
+    engine = TemporalEngine(address, task_queue="baton-paced", store=store_url, options=dict(FAST))
+    try:
+        paced.start(0)
+        paced.start(1)
+        first = len(fake.requests)
+        result = asyncio.run(engine.run(load_workflow_file(flows / "paced.yaml"),
+                                        "\n".join(f"p-{i:02d}" for i in range(24))))
+    finally:
+        paced.stop_all()
+    assert result.status == "succeeded", result.error
+    assert min(paced.responses(i, result.run_id) for i in (0, 1)) > 0  # both workers sent calls
+    starts = sorted(r.time_start for r in list(fake.requests)[first:] if "p-" in r.text)
+    assert len(starts) == 24
+    # 4 per second with a 1 s burst, for both workers together (each alone would allow 4/s more)
+    assert starts[-1] - starts[0] >= (24 - 4) / 4 * 0.85
+    assert max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts) <= 9
