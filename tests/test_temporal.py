@@ -600,9 +600,9 @@ async def test_a_non_idempotent_tool_lost_with_its_worker_waits_for_a_decision(
 def test_rate_limits_are_shared_by_the_workers_through_redis(address: str, flows: Path, store_url: str,
                                                              env: dict[str, str], tmp: Path,
                                                              fake: FakeAnthropicServer, needs_redis: None) -> None:
-    from _services import REDIS_URL
-
     import redis
+
+    from _services import REDIS_URL
 
     redis.Redis.from_url(REDIS_URL).flushdb()
     paced = Workers(address, flows, store_url, {**env, "BATON_RATE_LIMIT_URL": REDIS_URL}, tmp, queue="baton-paced")
