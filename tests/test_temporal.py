@@ -509,6 +509,9 @@ def test_the_cli_submits_to_temporal(workers: Workers, address: str, flows: Path
     bad = subprocess.run([*base[:6], str(flows / "fan.yaml"), "--input", "z", "--json"], env=no_address,
                          capture_output=True, timeout=120)
     assert bad.returncode == 2 and b"--temporal HOST:PORT" in bad.stderr
+    streamed = subprocess.run([*base, str(flows / "fan.yaml"), "--input", "z", "--stream"], env=env,
+                              capture_output=True, timeout=120)
+    assert streamed.returncode == 2 and b"--stream is not available with --engine temporal" in streamed.stderr
 
 
 async def test_recorded_histories_replay_deterministically(workers: Workers, engine: TemporalEngine,

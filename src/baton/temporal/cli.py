@@ -45,6 +45,13 @@ def temporal_engine(args: argparse.Namespace) -> TemporalEngine:
 async def run_on_temporal(args: argparse.Namespace, workflow: Any, input: Any, run_id: str,
                           limits: Limits) -> RunResult:
     """``baton run --engine temporal``: record the run, start it on the workers, wait for its result."""
+    if getattr(args, "stream", False):
+        raise UsageError("--stream is not available with --engine temporal (the text is generated on the workers)")
+    here = [flag for flag, on in (("--log-jsonl", args.log_jsonl), ("--metrics-port", args.metrics_port),
+                                  ("--trace", args.trace), ("--cache", args.cache)) if on]
+    if here:  # the run's events and calls happen on the workers: their options decide
+        print(f"baton: {', '.join(here)} apply to the workers with --engine temporal (set them on baton worker); "
+              f"ignored here", file=sys.stderr)
     return await temporal_engine(args).run(workflow, input, run_id=run_id, limits=limits)
 
 

@@ -12,11 +12,16 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from baton.errors import UsageError
 from baton.observe.events import Sink
 from baton.temporal.context import WorkerContext, install, uninstall
+
+DRAIN_S = 10.0
+"""On SIGTERM a worker takes no new work and lets calls in flight finish this long (then they
+run again elsewhere): a deploy does not resend calls that were about to answer."""
 
 SANDBOX_PASSTHROUGH = ("baton", "orjson", "pydantic", "pydantic_core", "yaml", "jsonschema", "aiohttp",
                        "referencing", "rpds", "psycopg", "redis", "anyio", "httpx", "mcp")
@@ -113,7 +118,8 @@ async def running_worker(opts: WorkerOptions, client: Any = None) -> AsyncIterat
         worker = Worker(client, task_queue=opts.task_queue, workflows=[BatonRun],
                         activities=Activities(ctx).all(), workflow_runner=_sandbox_runner(),
                         max_concurrent_activities=opts.max_activities,
-                        max_concurrent_local_activities=opts.max_activities)
+                        max_concurrent_local_activities=opts.max_activities,
+                        graceful_shutdown_timeout=timedelta(seconds=DRAIN_S))
         async with worker:
             yield worker
 
