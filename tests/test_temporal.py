@@ -115,6 +115,15 @@ limits: {concurrency: 20}
 rate_limits:
   claude-haiku-4-5: {rpm: 240}
 """,
+    "hurried.yaml": """
+version: 1
+name: hurried
+defaults: {model: claude-haiku-4-5, max_tokens: 100}
+agents:
+  slowpoke: {system: "You are SLOW."}
+workflow: {pattern: fan_out, each: {agent: slowpoke, over: lines}}
+limits: {concurrency: 2, timeout_s: 2.5}
+""",
     "launch.yaml": """
 version: 1
 name: launch
@@ -488,6 +497,10 @@ async def test_a_budget_trip_stops_the_run(workers: Workers, engine: TemporalEng
     assert sum(1 for r in list(fake.requests)[first:] if "b-" in r.text) <= 3
     record, _ = await _steps(store_url, result.run_id)
     assert record.status == "budget_exceeded"
+    # the wall-time budget is a durable Temporal timer: 10 one-second calls, 2 at a time, 2.5 s allowed
+    hurried = await engine.run(load_workflow_file(flows / "hurried.yaml"), "\n".join(f"h-{i}" for i in range(10)))
+    assert hurried.status == "budget_exceeded" and "wall_time_s" in hurried.error["message"]
+    assert 2 <= hurried.model_calls <= 6
 
 
 def test_the_cli_submits_to_temporal(workers: Workers, address: str, flows: Path, store_url: str,
