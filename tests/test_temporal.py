@@ -638,3 +638,34 @@ def test_rate_limits_are_shared_by_the_workers_through_redis(address: str, flows
     # 4 per second with a 1 s burst, for both workers together (each alone would allow 4/s more)
     assert starts[-1] - starts[0] >= (24 - 4) / 4 * 0.85
     assert max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts) <= 9
+
+
+STEP_CALLS: Counter[str] = Counter()
+
+
+def _flaky(n: int) -> None:
+    STEP_CALLS["flaky"] += 1
+    raise ValueError(f"bad {n}")
+
+
+async def stepper(ctx: Any, input: str) -> dict[str, Any]:
+    """ctx.step effects run once each as local activities; a failing one is not retried by Temporal."""
+    started = await ctx.now()
+    doubled = await ctx.step("double", lambda x: x * 2, 21)
+    if input == "fail":
+        await ctx.step("flaky", _flaky, 1)
+    return {"clock": started > 0, "doubled": doubled}
+
+
+async def test_steps_run_once_and_a_failing_one_is_not_retried(address: str, store_url: str) -> None:
+    opts = WorkerOptions(address, task_queue="baton-steps", workflows=[stepper], store=store_url)
+    engine = TemporalEngine(address, task_queue="baton-steps", store=store_url, options=dict(FAST))
+    async with running_worker(opts):
+        ok = await asyncio.wait_for(engine.run(stepper, "ok"), 60)
+        failed = await asyncio.wait_for(engine.run(stepper, "fail"), 60)
+    assert ok.status == "succeeded" and ok.output == {"clock": True, "doubled": 42}
+    assert failed.status == "failed" and failed.error is not None
+    assert failed.error["type"] == "StepFailed" and "ValueError: bad 1" in failed.error["message"]
+    assert STEP_CALLS["flaky"] == 1  # baton is the one retry owner: Temporal did not run it again
+    _, steps = await _steps(store_url, ok.run_id)
+    assert [(s.key, s.name, s.result) for s in steps if s.kind == "step"][1] == ("1", "double", 42)

@@ -24,7 +24,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from baton.errors import BatonError, RunNotFound, UsageError
+from baton.errors import RunNotFound, UsageError
 from baton.messages import ToolUseBlock, response_to_dict
 from baton.observe.events import EventStream
 from baton.runtime.budget import BudgetTracker, Limits
@@ -40,13 +40,14 @@ _UNLIMITED = Limits(concurrency=1_000_000)
 
 
 def _as_failure(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """A baton error ends the activity for good (baton already retried what was worth it)."""
+    """A failure ends the activity for good: baton already retried what was worth it (one retry
+    owner). Only a lost attempt (worker death, timeout, shutdown) is run again by Temporal."""
 
     @functools.wraps(fn)
     async def wrapped(*args: Any) -> Any:
         try:
             return await fn(*args)
-        except BatonError as exc:
+        except Exception as exc:  # a non-baton one (a step function's ValueError) comes back as StepFailed
             raise ApplicationError(str(exc), error_to_dict(exc), type=type(exc).__name__, non_retryable=True) from exc
 
     return wrapped

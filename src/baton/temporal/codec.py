@@ -78,9 +78,12 @@ class AgentView:
 
 
 def error_to_dict(exc: BaseException) -> JSON:
-    """A failure as data: its class name, message and the plain attributes it carries."""
-    attrs = {k: v for k, v in vars(exc).items() if _plain(v)}
-    return {"type": type(exc).__name__, "message": str(exc), "attrs": attrs}
+    """A failure as data: its class name, message (URL credentials masked: Temporal keeps it in the
+    run's history) and the plain attributes it carries."""
+    from baton.masking import mask_in
+
+    attrs = {k: v for k, v in getattr(exc, "__dict__", {}).items() if _plain(v)}
+    return {"type": type(exc).__name__, "message": str(mask_in(str(exc))), "attrs": attrs}
 
 
 def error_from_dict(d: JSON) -> errors.BatonError:

@@ -148,7 +148,7 @@ class WorkflowRuntime(Runtime):
             return await workflow.execute_activity(
                 name, args, start_to_close_timeout=timedelta(seconds=opts.call_timeout_s),
                 heartbeat_timeout=timedelta(seconds=opts.heartbeat_s), retry_policy=retry)
-        except ActivityError as exc:
+        except (ActivityError, ApplicationError) as exc:  # a local activity's failure may come unwrapped
             raise _baton_error(name, exc) from None
 
     async def record(self, run: dict[str, Any] | None = None, transition: str | None = None,
@@ -221,8 +221,8 @@ class WorkflowRuntime(Runtime):
         return decided
 
 
-def _baton_error(activity_name: str, exc: ActivityError) -> BaseException:
-    cause = exc.cause
+def _baton_error(activity_name: str, exc: ActivityError | ApplicationError) -> BaseException:
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
     if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
         return error_from_dict(cause.details[0])
     if isinstance(cause, BatonError):
