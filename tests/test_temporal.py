@@ -211,16 +211,20 @@ class Workers:
         self.procs[i].send_signal(signal.SIGKILL)
         self.procs[i].wait()
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> list[int | None]:
+        """SIGTERM every worker; their exit codes (None: had to be killed)."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
+        codes: list[int | None] = []
         for proc in self.procs:
             try:
-                proc.wait(timeout=20)
+                codes.append(proc.wait(timeout=30))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+                codes.append(None)
+        return codes
 
 
 @pytest.fixture(scope="module")
@@ -630,7 +634,8 @@ def test_rate_limits_are_shared_by_the_workers_through_redis(address: str, flows
         result = asyncio.run(engine.run(load_workflow_file(flows / "paced.yaml"),
                                         "\n".join(f"p-{i:02d}" for i in range(24))))
     finally:
-        paced.stop_all()
+        codes = paced.stop_all()
+    assert codes == [0, 0]  # SIGTERM is a normal stop for a worker
     assert result.status == "succeeded", result.error
     assert min(paced.responses(i, result.run_id) for i in (0, 1)) > 0  # both workers sent calls
     starts = sorted(r.time_start for r in list(fake.requests)[first:] if "p-" in r.text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from typing import TYPE_CHECKING, Any
@@ -98,7 +99,10 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         print(f"baton: worker on {opts.address} (namespace {opts.namespace}, task queue {opts.task_queue}) hosting: "
               f"{', '.join(sorted(hosted)) or 'nothing'}", file=sys.stderr, flush=True)
 
-    await run_worker(opts, ready=ready)
+    try:
+        await run_worker(opts, ready=ready)
+    except asyncio.CancelledError:  # SIGTERM/SIGINT: a normal stop (calls in flight got DRAIN_S to finish)
+        print("baton: worker stopped", file=sys.stderr, flush=True)
     return 0
 
 
