@@ -625,6 +625,18 @@ def _add_control_parsers(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _command(argv)
+    worker = sys.modules.get("baton.temporal.worker")
+    if argv is None and worker is not None and worker.connected():
+        # temporalio's client threads can abort the interpreter's finalization (SIGABRT after
+        # the work is done: sdk-python#300), so a process that used one ends here, with its code.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)

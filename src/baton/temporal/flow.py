@@ -205,8 +205,8 @@ class WorkflowRuntime(Runtime):
 
     async def await_decision(self, span: str, key: str, name: str, request: Any) -> dict[str, Any] | None:
         """Wait, durably, for the ``decide`` signal naming ``key``; the run shows as awaiting approval."""
-        self.waiting[key] = name
         await self.record({"status": "awaiting_approval"}, "awaiting_approval", {"step": key})
+        self.waiting[key] = name  # shown by the query once the store says so too
         await workflow.wait_condition(lambda: key in self.decisions)
         decided = self.decisions.pop(key)
         del self.waiting[key]

@@ -29,6 +29,14 @@ SANDBOX_PASSTHROUGH = ("baton", "orjson", "pydantic", "pydantic_core", "yaml", "
 run's arguments and the activities' results; the replay test checks that)."""
 
 
+_connected = False
+
+
+def connected() -> bool:
+    """Whether this process opened a Temporal client (the CLI then exits without finalization)."""
+    return _connected
+
+
 async def connect(address: str, namespace: str = "default") -> Any:
     """A Temporal client; an unreachable address is a ``UsageError`` naming it.
 
@@ -41,6 +49,8 @@ async def connect(address: str, namespace: str = "default") -> Any:
 
     api_key = os.environ.get("BATON_TEMPORAL_API_KEY") or None
     tls = api_key is not None or os.environ.get("BATON_TEMPORAL_TLS", "") in ("1", "true")
+    global _connected
+    _connected = True
     try:
         return await Client.connect(address, namespace=namespace, api_key=api_key, tls=tls)
     except Exception as exc:  # the SDK raises RuntimeError for a refused connection
