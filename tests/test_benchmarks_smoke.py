@@ -8,6 +8,7 @@ must be OK.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -15,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from _services import in_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -34,6 +37,7 @@ SMALLEST = {
     "bench_cli_path.py": ["--calls", "60", "--small", "20", "--concurrency", "20", "--rounds", "1"],
     "bench_many_runs.py": ["--runs", "50", "--latency", "0.3"],
     "bench_peers.py": ["--only", "baton", "--n", "30", "--small", "10", "--latency", "0.05"],  # no peer install
+    "bench_temporal.py": ["--calls", "20"],
 }
 SUMMARY = {
     "bench_agent_call.py": "SUMMARY agent_call:",
@@ -50,6 +54,7 @@ SUMMARY = {
     "bench_cli_path.py": "SUMMARY cli_path:",
     "bench_many_runs.py": "SUMMARY many_runs:",
     "bench_peers.py": "SUMMARY peers:",
+    "bench_temporal.py": "SUMMARY temporal:",
 }
 
 
@@ -62,6 +67,8 @@ def test_every_benchmark_script_is_covered() -> None:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("script", sorted(SMALLEST))
 def test_benchmark_runs_and_prints_its_summary(script: str) -> None:
+    if script == "bench_temporal.py" and importlib.util.find_spec("temporalio") is None and not in_ci():
+        pytest.skip("temporalio is not installed (pip install 'baton-agents[temporal]')")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *SMALLEST[script]], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=110)
@@ -93,6 +100,7 @@ TIMED: dict[str, list[str]] = {
     "bench_many_runs.py": [rf"peak RSS {NUM} MB \(target <= {NUM} MB: (OK|MISSED)\)",
                            rf"CPU per run {NUM} ms \(target <= {NUM} ms: (OK|MISSED)\)"],
     "bench_peers.py": [],
+    "bench_temporal.py": [],
 }
 
 
@@ -135,6 +143,8 @@ def check_verdicts(script: str, line: str) -> None:
     if script == "bench_many_runs.py":  # correctness: every run of the burst succeeds
         m = re.search(r"(\d+)/(\d+) runs succeeded \((OK|MISSED)\)", line)
         assert m and m.group(1) == m.group(2) and m.group(3) == "OK", line
+    if script == "bench_temporal.py":  # correctness: every variant's run finished with every call
+        assert re.search(r"every run completed with \d+ calls: OK", line), line
     if script == "bench_prompt_cache.py":
         m = re.search(r"(\d+) write \+ (\d+) reads \(expected 1 \+ (\d+): OK\)", line)
         assert m and m.group(1) == "1" and m.group(2) == m.group(3), line

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str], bool]] = [
     ("agents, tools, context", ["baton.agent", "baton.tools", "baton.context", "baton.memory", "baton.tools_mcp",
                                 "baton.sample_tools", "baton.toolbox", "baton.knowledge"], True),
     ("patterns", ["baton.patterns"], True),
-    ("entry points", ["baton.spec", "baton.cli", "baton.server", "baton.api", "baton.streaming",
+    ("entry points", ["baton.spec", "baton.cli", "baton.server", "baton.temporal", "baton.api", "baton.streaming",
                       "baton.__main__"], True),
     ("the package's public names", ["baton"], True),
 ]
@@ -45,6 +45,8 @@ DEFERRED: dict[str, str] = {
     "baton.runtime.cache": "the result cache loads only for runs that use one",
     "baton.runtime.ratelimit_redis": "cross-process rate limits need redis: only when configured",
     "baton.runtime.fork": "`baton fork` / `baton.fork` only",
+    "baton.temporal": "the Temporal engine (temporalio) loads only for --engine temporal and baton worker",
+    "temporalio": "optional extra `temporal`",
     "baton.runtime.batch": "batch mode loads only for runs with `batch: true` agents (or to cancel their batches)",
     "baton.spec": "workflow files (PyYAML, pattern builders) load only when a file is read",
     "baton.patterns": "the YAML builder loads only the patterns a file uses",

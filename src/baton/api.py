@@ -30,7 +30,7 @@ def _engine(kw: dict[str, Any]) -> Engine:
 
 
 async def run(workflow: Workflow, input: Any = None, *, run_id: str | None = None, limits: Limits | None = None,
-              metadata: dict[str, Any] | None = None, **options: Any) -> RunResult:
+              metadata: dict[str, Any] | None = None, engine: str = "local", **options: Any) -> RunResult:
     """Run ``workflow(ctx, input)`` durably and return its result.
 
     Options: ``store`` (URL or Store; default ``BATON_STORE`` or ``sqlite:///.baton/baton.db``),
@@ -38,7 +38,17 @@ async def run(workflow: Workflow, input: Any = None, *, run_id: str | None = Non
     ``retry``, ``governor``, ``breakers``, ``cache``, ``cache_ttl_s``, ``batch`` (a
     ``baton.runtime.batch.BatchOptions``, e.g. ``detach=True``), ``router`` (a
     ``baton.runtime.routing.ModelRouter`` for ``model: auto``).
+
+    ``engine="temporal"`` runs it on Temporal workers instead (docs/scaling.md); its options are
+    ``temporal`` (HOST:PORT), ``namespace``, ``task_queue``, ``store`` and ``call_options``.
     """
+    if engine == "temporal":
+        from baton.temporal.client import engine_from_options
+
+        return await engine_from_options(options).run(workflow, input, run_id=run_id, limits=limits,
+                                                      metadata=metadata)
+    if engine != "local":
+        raise UsageError(f"unknown engine {engine!r}; expected 'local' or 'temporal'")
     return await _engine(options).run(workflow, input, run_id=run_id, limits=limits, metadata=metadata)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -290,9 +289,7 @@ class RunContext:
         rt.emit(ev.STEP_START, span, self.span_id, {"name": name, "key": key})
         started = time.time()
         try:
-            result = fn(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
+            result = await rt.run_step(key, fn, args, kwargs)
         except BaseException as exc:
             rt.emit(ev.STEP_END, span, self.span_id, {"name": name, "key": key, "status": "error",
                                                       "duration_s": time.time() - started,
@@ -396,6 +393,9 @@ class RunContext:
             await rt.commit(StepRecord(rt.run_id, key, "approval", name, "started", result={"request": request},
                                        started_at=time.time()))
         rt.emit(ev.APPROVAL_REQUESTED, new_id(), self.span_id, {"step": key, "name": name})
+        decided = await rt.await_decision(self.span_id, key, name, request)  # an engine that waits (Temporal)
+        if decided is not None:
+            return Decision(bool(decided.get("approved")), decided.get("edit"), decided.get("by"), decided.get("note"))
         raise ApprovalRequired(f"step {key} ({name}) awaits approval: baton approve {rt.run_id} {key} "
                                f"--approve | --reject [--edit TEXT]", step=key, request=request)
 

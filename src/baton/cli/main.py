@@ -257,6 +257,10 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     input_value = _read_input(args)
     base = default_limits or workflow.limits
     limits = base.merged(budget_usd=args.budget_usd, budget_tokens=args.budget_tokens)
+    if args.engine == "temporal":  # the run executes on Temporal workers (baton worker)
+        from baton.temporal.cli import run_on_temporal
+
+        return _finish(await run_on_temporal(args, workflow, input_value, run_id, limits), args)
     sinks = _Sinks(args)
     sinks.sinks.extend(stream_sinks(args))  # --stream
     engine = _engine(args, sinks)
@@ -378,9 +382,17 @@ async def _cmd_approve(args: argparse.Namespace) -> int:
             edit = json.loads(edit)
     if args.resume:
         _named_workflow(args)  # a bad --workflow is refused before the decision is written
+    from baton.temporal.cli import temporal_run
+
+    temporal = await temporal_run(args)  # a run on Temporal waits for the decision as a signal
     await decide(args.run_id, args.step, approved=not args.reject, edit=edit, by=args.by or os.environ.get("USER"),
                  note=args.note, store=args.store)
     _err(f"baton: recorded {'rejection' if args.reject else 'approval'} of {args.step} for run {args.run_id}")
+    if temporal is not None:
+        await temporal.approve(args.run_id, args.step, approved=not args.reject, edit=edit,
+                               by=args.by or os.environ.get("USER"), note=args.note)
+        _err(f"baton: run {args.run_id} continues on its Temporal workers")
+        return 0
     if args.resume:
         ns = argparse.Namespace(**vars(args), force=False, budget_usd=None, budget_tokens=None, provider=None,
                                 log_jsonl=None, metrics_port=None, trace=None, capture="metadata", quiet=False,
@@ -391,7 +403,13 @@ async def _cmd_approve(args: argparse.Namespace) -> int:
 
 
 async def _cmd_cancel(args: argparse.Namespace) -> int:
-    record = await Engine(store=args.store).cancel(args.run_id, force=args.force, reason=args.reason)
+    from baton.temporal.cli import cancel_on_temporal, temporal_run
+
+    temporal = await temporal_run(args)  # a run on Temporal is cancelled there (its workers record it)
+    if temporal is not None:
+        record = await cancel_on_temporal(temporal, args.run_id)
+    else:
+        record = await Engine(store=args.store).cancel(args.run_id, force=args.force, reason=args.reason)
     if args.json:
         _print_json({"run_id": record.run_id, "status": record.status})
     else:
@@ -479,6 +497,10 @@ def _parser() -> argparse.ArgumentParser:
     from baton.cli.index import add_parser as add_index_parser
 
     add_index_parser(sub)  # baton index WF.yaml
+
+    from baton.temporal.cli import add_worker_parser
+
+    add_worker_parser(sub)  # baton worker --temporal HOST:PORT --workflows DIR
     return p
 
 
@@ -516,6 +538,9 @@ def _add_run_parsers(sub: Any) -> None:
     _store_options(r)
     _observe_options(r)
     add_stream_option(r)
+    from baton.temporal.cli import add_engine_options
+
+    add_engine_options(r)  # --engine local|temporal, --temporal HOST:PORT
     r.set_defaults(fn=_cmd_run)
 
     rs = sub.add_parser("resume", help="continue a stopped run from its journal")
@@ -566,6 +591,9 @@ def _add_control_parsers(sub: Any) -> None:
     a.add_argument("--resume", action="store_true", help="resume the run right away")
     _workflow_option(a, "resume")
     _store_options(a)
+    from baton.temporal.cli import add_address_option
+
+    add_address_option(a)  # --temporal HOST:PORT: a run on the Temporal engine gets the decision as a signal
     a.set_defaults(fn=_cmd_approve)
 
     c = sub.add_parser("cancel", help="mark a stopped run cancelled (it will not be resumed)")
@@ -573,6 +601,7 @@ def _add_control_parsers(sub: Any) -> None:
     c.add_argument("--force", action="store_true", help="even if a live process seems to own it")
     c.add_argument("--reason")
     _store_options(c)
+    add_address_option(c)
     c.set_defaults(fn=_cmd_cancel)
 
     rp = sub.add_parser("replay", help="re-execute against the journal only and report divergence")
@@ -583,6 +612,18 @@ def _add_control_parsers(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _command(argv)
+    worker = sys.modules.get("baton.temporal.worker")
+    if argv is None and worker is not None and worker.connected():
+        # temporalio's client threads can abort the interpreter's finalization (SIGABRT after
+        # the work is done: sdk-python#300), so a process that used one ends here, with its code.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _command(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)

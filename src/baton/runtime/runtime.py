@@ -7,7 +7,8 @@ the call paths as ``runtime.models`` (``model_calls.ModelCalls``) and ``runtime.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import inspect
+from typing import TYPE_CHECKING, Any
 
 from baton.runtime.model_calls import ModelCalls
 from baton.runtime.services import ModelBinding, RunServices, current_services
@@ -40,6 +41,20 @@ class Runtime(RunServices):
 
             self._tools = ToolCalls(self)
         return self._tools
+
+    # --- seams another engine overrides (baton.temporal runs these as Temporal activities) ---
+
+    async def run_step(self, key: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Execute the effect of ``ctx.step`` at ``key`` (here: call it in this process)."""
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def await_decision(self, span: str, key: str, name: str, request: Any) -> dict[str, Any] | None:
+        """Wait for a human decision on approval step ``key`` when the engine can keep the run
+        alive meanwhile; None (here): the run stops resumably with ``ApprovalRequired``."""
+        return None
 
     async def settle_in_flight(self, *, wait: bool = True) -> None:
         """Bill the answers to requests whose callers were cancelled (see ``ModelCalls.adopt``)."""

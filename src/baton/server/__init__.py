@@ -21,7 +21,9 @@ def add_serve_parser(sub: Any) -> None:
                    help='JSON {"TENANT": {"max_active_runs": N, "usd_per_day": X}} (also: $BATON_TENANT_LIMITS)')
     s.add_argument("--queue", metavar="URL", help="redis://HOST:PORT/DB?stream=baton:runs&group=baton")
     s.add_argument("--provider", help="anthropic | local | openai (as for baton run)")
-    s.add_argument("--engine", choices=["local"], default="local")
+    from baton.temporal.cli import add_engine_options
+
+    add_engine_options(s)  # --engine local|temporal: runs execute here or on Temporal workers (baton worker)
     s.add_argument("--max-body", type=int, default=1_000_000, metavar="BYTES", help="request body cap")
     s.add_argument("--recover-every", type=float, default=15.0, metavar="S",
                    help="seconds between sweeps for runs whose owner died")

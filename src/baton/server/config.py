@@ -122,3 +122,5 @@ class ServeConfig:
     access_log: bool = True
     ui_capture: Capture = "full"
     """How much step content the web UI shows (redacted as in logs): none, metadata or full."""
+    engine: Any = None
+    """None: runs execute in this service; a ``baton.temporal.TemporalEngine``: on its workers."""

@@ -29,7 +29,16 @@ def _config(args: argparse.Namespace) -> Any:
                        tenant_limits=load_tenant_limits(args.tenant_limits), queue_url=args.queue,
                        provider=args.provider, max_body_bytes=args.max_body, sweep_s=args.recover_every,
                        webhook_window_s=args.webhook_window, access_log=not args.no_access_log,
-                       ui_capture=args.ui_capture)
+                       ui_capture=args.ui_capture, engine=_temporal(args))
+
+
+def _temporal(args: argparse.Namespace) -> Any:
+    """``--engine temporal``: where the runs execute (None: in this service)."""
+    if getattr(args, "engine", "local") != "temporal":
+        return None
+    from baton.temporal.cli import temporal_engine
+
+    return temporal_engine(args)
 
 
 async def serve(args: argparse.Namespace) -> int:

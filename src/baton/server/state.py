@@ -49,11 +49,19 @@ class Service:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
+    def _engine(self, local: Any) -> Any:
+        """``local``, or with ``--engine temporal`` the same store driving runs on Temporal workers."""
+        if self.config.engine is None:
+            return local
+        from baton.temporal.service import ServiceEngine
+
+        return ServiceEngine(self.config.engine, local.store)
+
     async def start(self) -> None:
         await self.store.open()
         provider, _ = provider_and_reason(self.config.provider)
         sinks: list[Any] = [self.live, self.metrics.sink]
-        engine = Engine(store=self.store, provider=provider, sinks=sinks)
+        engine: Any = self._engine(Engine(store=self.store, provider=provider, sinks=sinks))
         self.runs = RunManager(self.store, engine, self.registry, max_runs=self.config.max_runs)
         url = store_url_from_env(self.config.store_url)  # store.url has its password masked
         if url.startswith(("postgres", "redis", "rediss")):
@@ -66,7 +74,7 @@ class Service:
                 if n < POOL:
                     self.runs.pool.append(extra)
                 else:
-                    self.runs.executors.append(Engine(store=extra, provider=provider, sinks=sinks))
+                    self.runs.executors.append(self._engine(Engine(store=extra, provider=provider, sinks=sinks)))
         n = await self.runs.recover()
         log.info("baton serve: %d workflow(s), %d run(s) recovered", len(self.registry), n)
         self._tasks.append(asyncio.create_task(self.runs.sweep_forever(self.config.sweep_s)))
