@@ -312,3 +312,9 @@ def exception_classes() -> list[str]:
 
 def test_every_error_class_is_in_errors_py() -> None:
     assert sorted(set(exception_classes()) - set(LOCAL_EXCEPTIONS)) == []
+
+
+def test_every_deferral_reason_is_still_needed() -> None:
+    used = {prefix for imp in ALL_IMPORTS if imp.where == "function" for prefix in DEFERRED
+            if imp.target == prefix or imp.target.startswith(prefix + ".")}
+    assert sorted(set(DEFERRED) - used) == []
