@@ -60,6 +60,7 @@ class Site:
     retry: Any = None
     cache_prompt: bool = False
     prompt_version: str = "v1"
+    batch: bool = False
 
     def __post_init__(self) -> None:
         self.fallback_models = self.fallback_models or []
