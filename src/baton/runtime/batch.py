@@ -1,8 +1,8 @@
 """Batch mode: model calls of agents with ``batch: true`` go through the Message Batches API.
 
-Half price, not urgent. The call path (``runtime/calls.py``) hands such a call here
-instead of sending it; everything else (journal lookup, cache, budget, breaker, the one
-retry loop, billing) stays where it is.
+Half price, not urgent. The model call path (``runtime/model_calls.py``) hands such an
+attempt here instead of the concurrency slot, governor and transport; everything else
+(journal lookup, cache, budget, breaker, the one retry loop, billing) stays where it is.
 
 - **One batch per burst.** Requests that arrive together (the branches of a fan-out)
   are collected for ``window_s`` after the last one (at most ``max_collect_s`` in all)
