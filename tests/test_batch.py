@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 
 import baton
+from _events import EventLog
 from baton.errors import BatchRequestFailed, ProviderError
 from baton.messages import Usage
 from baton.models import anthropic_batch as api
 from baton.models.anthropic import AnthropicModel, usage_from_wire
 from baton.models.pricing import cost_of
-from baton.observe.events import Event
 from baton.patterns.fan_out import FanOut
 from baton.runtime.batch import BatchOptions, custom_id
 from baton.runtime.breaker import BreakerRegistry
@@ -43,22 +43,6 @@ FAST_POLL = BatchOptions(poll_s=0.02, max_poll_s=0.05)
 ROOT = Path(__file__).resolve().parents[1]
 
 worker = baton.Agent("worker", system="You summarise one item.", model=SONNET, max_tokens=64, batch=True)
-
-
-class Collect:
-    """An event sink that keeps every event."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def handle(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-    def kinds(self, kind: str) -> list[dict[str, Any]]:
-        return [e.data for e in self.events if e.kind == kind]
 
 
 def engine(model: Any, *, store: Any = None, batch: BatchOptions = FAST_POLL, **options: Any) -> Engine:
@@ -142,7 +126,7 @@ async def test_fan_out_goes_out_as_one_batch_at_half_price(server: FakeAnthropic
                                                            model: AnthropicModel) -> None:
     server.batches.processing_s = 0.3
     server.add_rule(reply=text("summary"))
-    sink = Collect()
+    sink = EventLog()
     result = await engine(model, sinks=[sink]).run(FanOut(each=worker), ITEMS)
     assert result.status == "succeeded", result.error
     assert result.output == ["summary"] * 5
@@ -155,10 +139,10 @@ async def test_fan_out_goes_out_as_one_batch_at_half_price(server: FakeAnthropic
     full = cost_of(SONNET, usage)
     assert full is not None and result.cost_usd == pytest.approx(full / 2)
     assert result.model_calls == 5
-    progress = sink.kinds("batch.progress")
+    progress = sink.of("batch.progress")
     assert progress and progress[-1]["status"] == "ended" and progress[-1]["counts"]["succeeded"] == 5
-    assert sink.kinds("batch.submitted")[0]["requests"] == 5
-    assert all(r.get("batch") for r in sink.kinds("model.request"))
+    assert sink.of("batch.submitted")[0]["requests"] == 5
+    assert all(r.get("batch") for r in sink.of("model.request"))
 
 
 async def test_agents_without_batch_and_adapters_without_batches_call_normally(server: FakeAnthropicServer,
@@ -251,11 +235,11 @@ async def test_per_request_errors_retry_as_normal_calls_or_fail_their_branch(ser
     server.add_rule(r"item 2", fault=Fault.overloaded(), times=1)  # errored in the batch: retried
     server.add_rule(r"item 4", fault=Fault.status(400, message="prompt is too long"))  # reported, not retried
     server.add_rule(reply=text("fine"))
-    sink = Collect()
+    sink = EventLog()
     result = await engine(model, sinks=[sink]).run(FanOut(each=worker, policy="best_effort"), ITEMS)
     assert result.status == "succeeded", result.error
     assert result.output == ["fine"] * 4
-    (done,) = sink.kinds("fan_out.done")
+    (done,) = sink.of("fan_out.done")
     assert len(done["failed"]) == 1 and "item 4" in done["failed"][0] and "prompt is too long" in done["failed"][0]
     retried = [r for r in server.requests if r.status == 200]
     assert len(retried) == 1 and "item 2" in retried[0].text  # the one retry went out as a normal call

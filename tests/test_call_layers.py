@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
+from _events import EventLog
 from baton.context import RunContext
 from baton.errors import BudgetExceeded, CircuitOpenError, ProviderError, ToolError
 from baton.messages import Message, ModelRequest, ModelResponse
-from baton.observe.events import Event, EventStream
+from baton.observe.events import EventStream
 from baton.runtime.breaker import BreakerRegistry
 from baton.runtime.budget import BudgetTracker, Limits
 from baton.runtime.engine import Engine
@@ -34,20 +35,6 @@ from baton.stores.memory import MemoryStore
 from baton.testing import Rule, ScriptedModel, text
 
 MODEL = "claude-haiku-4-5"
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def handle(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
 
 
 @dataclass
@@ -73,7 +60,7 @@ class Scope:
     state: Any = None
 
 
-def services(limits: Limits | None = None, sink: Sink | None = None, model: Any = None) -> RunServices:
+def services(limits: Limits | None = None, sink: EventLog | None = None, model: Any = None) -> RunServices:
     scripted = model or ScriptedModel([Rule(reply=text("hello"))])
     return RunServices("run1", None, BudgetTracker(limits or Limits()), EventStream([sink] if sink else []),
                        lambda model_id: ModelBinding(scripted, model_id, model_id), governor=RateGovernor())
@@ -149,7 +136,7 @@ async def test_budget_layer_reserves_releases_and_settles() -> None:
 
 
 async def test_a_budget_stop_is_reported_as_a_budget_check_event() -> None:
-    sink = Sink()
+    sink = EventLog()
     run = services(Limits(max_model_calls=1), sink)
     await BudgetLayer(run).enter(a_call(run))
     with pytest.raises(BudgetExceeded):
@@ -218,7 +205,7 @@ async def test_model_calls_run_the_given_layers_through_retries_in_order() -> No
         return await real(request)
 
     model.complete = complete  # type: ignore[method-assign]
-    sink, log = Sink(), []  # type: ignore[var-annotated]
+    sink, log = EventLog(), []  # type: ignore[var-annotated]
     run = services(sink=sink, model=model)
 
     async def no_wait(s: float) -> None:

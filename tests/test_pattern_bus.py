@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 import baton
+from _events import EventLog
 from baton.errors import UsageError
 from baton.messages import ModelRequest
 from baton.observe import events as ev
 from baton.patterns.bus import Bus, BusMessage, handler_schema, message_id
 from baton.stores.memory import MemoryStore
 from baton.testing import Fault, Reply, Rule, ScriptedModel, json_reply
-from test_pattern_support import ListSink, agent, calls, prompt, requests_of, steps
+from test_pattern_support import agent, calls, prompt, requests_of, steps
 
 
 def publish(*messages: tuple[str, str, Any], final: str | None = None) -> Reply:
@@ -53,7 +54,7 @@ def newsroom(**extra_agents: Any) -> Bus:
 
 
 async def test_bus_delivers_by_subscription_and_ends_on_a_terminal_message() -> None:
-    model, sink, store = ScriptedModel(newsroom_rules()), ListSink(), MemoryStore()
+    model, sink, store = ScriptedModel(newsroom_rules()), EventLog(), MemoryStore()
     result = await baton.run(newsroom(), "battery market", store=store, model=model, sinks=[sink])
     assert result.status == "succeeded"
     # Both findings reach the writer in the same wave; the first in publication order wins.
@@ -114,7 +115,7 @@ async def test_bus_depth_guard_stops_a_ping_pong_loop_naming_the_chain() -> None
     bus = Bus({"a": agent("a"), "b": agent("b")}, {"a": ["ping"], "b": ["pong"]}, start={"type": "ping"})
     model = ScriptedModel([Rule(r"^You are a", reply=publish(("pong", "", "p"))),
                            Rule(r"^You are b", reply=publish(("ping", "", "p")))])
-    sink = ListSink()
+    sink = EventLog()
     result = await baton.run(bus, "go", store=MemoryStore(), model=model, limits=baton.Limits(max_depth=3),
                              sinks=[sink])
     assert result.status == "failed" and result.error["type"] == "DepthExceeded"

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import baton
+from _events import EventLog
 from baton.errors import UsageError
 from baton.messages import ModelRequest
 from baton.patterns.consensus import JUDGE_SCHEMA, VOTE_SCHEMA, Consensus
@@ -15,7 +16,7 @@ from baton.patterns.fan_out import FanOut, parse_policy
 from baton.patterns.refine import CRITIQUE_SCHEMA, Refine
 from baton.stores.memory import MemoryStore
 from baton.testing import Fault, Reply, Rule, ScriptedModel, json_reply, text
-from test_pattern_support import ListSink, TrackingModel, agent, calls, order, prompt, requests_of, steps
+from test_pattern_support import TrackingModel, agent, calls, order, prompt, requests_of, steps
 
 # --- fan-out ----------------------------------------------------------------------------------
 
@@ -83,7 +84,7 @@ async def test_fan_out_policy_all_fails_on_any_failure_naming_it() -> None:
 
 async def test_fan_out_best_effort_drops_failures() -> None:
     workers, model = _flaky_workers()
-    sink = ListSink()
+    sink = EventLog()
     result = await baton.run(FanOut(agents=workers, policy="best_effort"), "x", store=MemoryStore(), model=model,
                              sinks=[sink])
     assert result.status == "succeeded" and result.output == ["one"]
@@ -253,7 +254,7 @@ def _refine_model(approve_from_round: dict[str, int]) -> TrackingModel:
 
 async def test_refine_revises_until_all_critics_approve() -> None:
     model = _refine_model({"c1": 2, "c2": 1})
-    sink = ListSink()
+    sink = EventLog()
     wf = Refine(agent("drafter"), [agent("c1"), agent("c2")], max_rounds=3)
     result = await baton.run(wf, "write a haiku", store=MemoryStore(), model=model, sinks=[sink])
     assert result.status == "succeeded" and result.output == "draft v2"

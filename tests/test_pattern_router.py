@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import baton
+from _events import EventLog
 from baton.errors import UsageError
 from baton.observe import events as ev
 from baton.patterns.handoff import TRANSFER_SCHEMA, Handoffs
@@ -14,7 +15,7 @@ from baton.patterns.router import ROUTE_SCHEMA, Router
 from baton.runtime.ratelimit import RateGovernor
 from baton.stores.memory import MemoryStore
 from baton.testing import Fault, Rule, ScriptedModel, json_reply, text, tool_call
-from test_pattern_support import ListSink, agent, calls, order, prompt, requests_of, steps
+from test_pattern_support import agent, calls, order, prompt, requests_of, steps
 
 
 class RecordingGovernor(RateGovernor):
@@ -52,7 +53,7 @@ def _handlers() -> list[Rule]:
 
 async def test_router_sends_input_to_the_chosen_route_with_its_priority() -> None:
     model = ScriptedModel([_classify("billing", "high"), *_handlers()])
-    governor, sink = RecordingGovernor(), ListSink()
+    governor, sink = RecordingGovernor(), EventLog()
     result = await baton.run(_router(), "I was charged twice", store=MemoryStore(), model=model,
                              governor=governor, sinks=[sink])
     assert result.status == "succeeded" and result.output == "refund issued"
@@ -89,7 +90,7 @@ async def test_router_matches_routes_ignoring_case_and_spaces() -> None:
 
 async def test_router_unknown_route_goes_to_the_fallback() -> None:
     model = ScriptedModel([_classify("legal"), *_handlers()])
-    sink = ListSink()
+    sink = EventLog()
     result = await baton.run(_router(fallback=agent("general")), "x", store=MemoryStore(), model=model, sinks=[sink])
     assert result.output == "general answer" and order(model) == ["classifier", "general"]
     decision = sink.of("router.decision")[0]
@@ -122,7 +123,7 @@ def _desk(*extra: Rule) -> tuple[Handoffs, ScriptedModel]:
 
 async def test_handoff_passes_control_and_explicit_state_to_the_peer() -> None:
     desk, model = _desk()
-    store, sink = MemoryStore(), ListSink()
+    store, sink = MemoryStore(), EventLog()
     result = await baton.run(desk, "I was charged twice for order 42", store=store, model=model, sinks=[sink])
     assert result.status == "succeeded"
     out = result.output

@@ -12,7 +12,6 @@ from typing import Any
 
 import baton
 from baton.messages import ModelRequest
-from baton.observe.events import Event
 from baton.stores.base import StepRecord
 from baton.stores.memory import MemoryStore
 from baton.testing import ScriptedModel
@@ -42,20 +41,6 @@ def order(model: ScriptedModel) -> list[str]:
 
 def requests_of(model: ScriptedModel, name: str) -> list[ModelRequest]:
     return [r for r in model.requests if who(r) == name]
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def handle(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        return None
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e.data for e in self.events if e.kind == kind]
 
 
 class TrackingModel(ScriptedModel):

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 import baton
+from _events import EventLog
 from baton.errors import WorkflowError
 from baton.models.anthropic import AnthropicModel, usage_from_wire
 from baton.models.pricing import cost_of
-from baton.observe.events import Event
 from baton.patterns.fan_out import FanOut
 from baton.runtime.breaker import BreakerRegistry
 from baton.runtime.cache import MemoryResultCache
@@ -34,17 +34,6 @@ ASSESS = r"You rate how complex a task is"
 ASSESSING = ModelRouter(assess=True)
 
 auto = baton.Agent("solver", system="You solve the task.", model="auto", max_tokens=64)
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def handle(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
 
 
 def engine(model: AnthropicModel, **options: Any) -> Engine:
@@ -75,7 +64,7 @@ def assessments(server: FakeAnthropicServer) -> list[Any]:
 
 async def test_the_assessment_picks_the_tier(server: FakeAnthropicServer, model: AnthropicModel) -> None:
     rate(server)
-    sink = Collect()
+    sink = EventLog()
     result = await engine(model, sinks=[sink]).run(FanOut(each=auto), "easy task\nmiddling task\ngnarly task")
     assert result.status == "succeeded", result.error
     assert work_models(server) == {"easy": HAIKU, "middling": SONNET, "gnarly": OPUS}
@@ -101,7 +90,7 @@ async def test_without_assess_the_heuristic_routes_with_no_extra_call(server: Fa
 async def test_an_unreadable_rating_falls_back_to_the_heuristic(server: FakeAnthropicServer,
                                                                 model: AnthropicModel) -> None:
     rate(server)
-    sink = Collect()
+    sink = EventLog()
     result = await engine(model, sinks=[sink]).run(FanOut(each=auto), "unclear task")
     assert result.status == "succeeded"
     (routed,) = [e.data for e in sink.events if e.kind == "model.routed"]
